@@ -1,0 +1,144 @@
+"""Input checks shared by the fused op and the reference: one place, one set of messages."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+
+import torch
+
+IMPLS = ("auto", "fused", "reference")
+
+
+@dataclass
+class RegularizerInputs:
+    """Validated inputs, cast to the compute dtype (float32 for half and bfloat16 inputs)."""
+
+    mu: torch.Tensor  # (N, d)
+    L: torch.Tensor  # (N, d, d)
+    z: torch.Tensor  # (N, K, d)
+    nu: torch.Tensor  # 0-d float64 on the CPU, differentiable when the user's nu is
+    prior_cov: torch.Tensor | None  # (d, d) in the compute dtype, or None for prior_scale * I
+    prior_scale: float
+    prior_prec: torch.Tensor | None  # Sigma0^-1, float64 (d, d), on the inputs' device
+    prior_logdet: float  # log|Sigma0|, for a full prior_cov
+    out_dtype: torch.dtype
+
+
+def check_impl(impl: object) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return impl  # type: ignore[return-value]
+
+
+def _check_tensor(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    return value
+
+
+def _check_nu(nu: object, d: int) -> torch.Tensor:
+    if isinstance(nu, bool) or not isinstance(nu, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"nu must be a float or a 0-d tensor, got {type(nu).__name__}")
+    if isinstance(nu, torch.Tensor):
+        if nu.dim() != 0:
+            raise ValueError(f"nu must be a 0-d tensor, got shape {tuple(nu.shape)}")
+        if not nu.is_floating_point():
+            raise TypeError(f"nu must be a floating-point tensor, got dtype {nu.dtype}")
+        nu_t = nu.to(device="cpu", dtype=torch.float64)
+        if torch.compiler.is_compiling():
+            return nu_t  # the compiled op checks the value itself
+        value = float(nu_t.detach())
+    else:
+        value = float(nu)
+        nu_t = torch.tensor(value, dtype=torch.float64)
+    if not math.isfinite(value) or value <= d - 1:
+        raise ValueError(f"nu must be finite and greater than d - 1 = {d - 1} (d = {d}), got {value}")
+    return nu_t
+
+
+def _check_prior_cov(prior_cov: object, d: int, device: torch.device, dtype: torch.dtype):
+    """Returns (prior_cov tensor or None, scale, precision float64 or None, log|Sigma0|)."""
+    if prior_cov is None:
+        return None, 1.0, None, 0.0
+    if isinstance(prior_cov, bool):
+        raise TypeError("prior_cov must be None, a positive float or a (d, d) tensor, got bool")
+    if isinstance(prior_cov, numbers.Real):
+        scale = float(prior_cov)
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"prior_cov as a number must be positive and finite, got {scale}")
+        return None, scale, None, 0.0
+    if not isinstance(prior_cov, torch.Tensor):
+        raise TypeError(
+            f"prior_cov must be None, a positive float or a (d, d) tensor, got {type(prior_cov).__name__}"
+        )
+    if not prior_cov.is_floating_point():
+        raise TypeError(f"prior_cov must be a floating-point tensor, got dtype {prior_cov.dtype}")
+    if prior_cov.shape != (d, d):
+        raise ValueError(f"prior_cov must have shape ({d}, {d}), got {tuple(prior_cov.shape)}")
+    if prior_cov.device != device:
+        raise ValueError(f"prior_cov must be on {device} like mu, got {prior_cov.device}")
+    if prior_cov.requires_grad:
+        raise ValueError("prior_cov must not require grad: it is a fixed hyperparameter here")
+    cov64 = prior_cov.to(torch.float64)
+    if not bool(torch.isfinite(cov64).all()):
+        raise ValueError("prior_cov must be finite, got non-finite entries")
+    asym = float((cov64 - cov64.mT).abs().max())
+    tol = 100 * torch.finfo(prior_cov.dtype).eps * max(float(cov64.abs().max()), 1e-300)
+    if asym > tol:
+        raise ValueError(
+            f"prior_cov must be symmetric positive-definite, got max |A - A^T| = {asym:.3g} (tolerance {tol:.3g})"
+        )
+    chol, info = torch.linalg.cholesky_ex(cov64)
+    if int(info) != 0:
+        raise ValueError(
+            "prior_cov must be symmetric positive-definite, got a matrix whose Cholesky "
+            f"factorisation fails at leading minor {int(info)}"
+        )
+    prec = torch.cholesky_inverse(chol)
+    logdet = float(2.0 * torch.log(torch.diagonal(chol)).sum())
+    return prior_cov.to(dtype), 1.0, prec, logdet
+
+
+def check_regularizer_inputs(mu, L, z, nu, prior_cov) -> RegularizerInputs:
+    """Validate the arguments of chyvae_regularizer; every error names the argument."""
+    mu = _check_tensor("mu", mu)
+    L = _check_tensor("L", L)
+    z = _check_tensor("z", z)
+    if mu.dim() != 2:
+        raise ValueError(f"mu must have shape (N, d), got {tuple(mu.shape)}")
+    n, d = mu.shape
+    if d < 1:
+        raise ValueError(f"mu must have at least one latent dimension, got shape {tuple(mu.shape)}")
+    if L.shape != (n, d, d):
+        raise ValueError(f"L must have shape ({n}, {d}, {d}) to match mu, got {tuple(L.shape)}")
+    if z.dim() == 2:
+        if z.shape != (n, d):
+            raise ValueError(f"z must have shape ({n}, {d}) or ({n}, K, {d}), got {tuple(z.shape)}")
+        z = z.unsqueeze(1)
+    elif z.dim() != 3 or z.shape[0] != n or z.shape[2] != d or z.shape[1] < 1:
+        raise ValueError(f"z must have shape ({n}, {d}) or ({n}, K, {d}) with K >= 1, got {tuple(z.shape)}")
+    if not (mu.dtype == L.dtype == z.dtype):
+        raise TypeError(f"mu, L and z must share a dtype, got mu {mu.dtype}, L {L.dtype}, z {z.dtype}")
+    if not (mu.device == L.device == z.device):
+        raise ValueError(
+            f"mu, L and z must be on one device, got mu {mu.device}, L {L.device}, z {z.device}"
+        )
+    out_dtype = mu.dtype
+    compute = mu.dtype if mu.dtype in (torch.float32, torch.float64) else torch.float32
+    nu_t = _check_nu(nu, d)
+    cov, scale, prec, logdet = _check_prior_cov(prior_cov, d, mu.device, compute)
+    return RegularizerInputs(
+        mu=mu.to(compute),
+        L=L.to(compute),
+        z=z.to(compute),
+        nu=nu_t,
+        prior_cov=cov,
+        prior_scale=scale,
+        prior_prec=prec,
+        prior_logdet=logdet,
+        out_dtype=out_dtype,
+    )

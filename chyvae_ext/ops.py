@@ -1,0 +1,98 @@
+"""The fused regulariser: fake kernels, autograd over the compiled ops, and the public entry point."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _build_config
+from ._validate import check_impl, check_regularizer_inputs
+from .reference import regularizer_from_checked
+
+_OPS = torch.ops.chyvae_ext
+
+
+@torch.library.register_fake("chyvae_ext::regularizer")
+def _regularizer_fake(mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants):
+    return mu.new_empty((mu.shape[0],))
+
+
+@torch.library.register_fake("chyvae_ext::regularizer_backward")
+def _regularizer_backward_fake(grad, mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants):
+    return (
+        mu.new_empty(mu.shape),
+        L.new_empty(L.shape),
+        z.new_empty(z.shape),
+        mu.new_empty((mu.shape[0],), dtype=torch.float64),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants = inputs
+    ctx.save_for_backward(mu, L, z, nu, prior_prec)
+    ctx.prior_scale = prior_scale
+    ctx.prior_logdet = prior_logdet
+    ctx.constants = constants
+
+
+def _backward(ctx, grad):
+    mu, L, z, nu, prior_prec = ctx.saved_tensors
+    g_mu, g_l, g_z, g_nu = _OPS.regularizer_backward(
+        grad, mu, L, z, nu, prior_prec, ctx.prior_scale, ctx.prior_logdet, ctx.constants
+    )
+    grad_nu = g_nu.sum().to(device=nu.device, dtype=nu.dtype) if ctx.needs_input_grad[3] else None
+    return g_mu, g_l, g_z, grad_nu, None, None, None, None
+
+
+torch.library.register_autograd("chyvae_ext::regularizer", _backward, setup_context=_setup_context)
+
+
+def fused_available(device: torch.device) -> bool:
+    """Whether a fused kernel was compiled for tensors on ``device``."""
+    if device.type == "cpu":
+        return True
+    return device.type == "cuda" and bool(_build_config.WITH_CUDA)
+
+
+def chyvae_regularizer(
+    mu: torch.Tensor,
+    L: torch.Tensor,
+    z: torch.Tensor,
+    nu: float | torch.Tensor,
+    prior_cov: float | torch.Tensor | None = None,
+    *,
+    constants: bool = True,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """The CHyVAE regulariser R of SPEC 1.1, one value per datapoint: ELBO = E[log p(x|z)] + R.
+
+    Args:
+        mu: (N, d) posterior means.
+        L: (N, d, d) Cholesky factors of the posterior covariances C = L L^T; only the lower
+            triangle is read.
+        z: (N, d) or (N, K, d) posterior samples forming Z = [z_1 .. z_K].
+        nu: inverse-Wishart degrees of freedom, > d - 1; a float or a 0-d tensor (differentiable).
+        prior_cov: Sigma0, the mean of the hyperprior: None (identity), a positive float (a multiple
+            of I) or an SPD (d, d) tensor; Psi = max(nu - d - 1, 1) * Sigma0. Receives no gradient.
+        constants: include c(nu, Psi, d, K), making R an exact ELBO term.
+        impl: "fused" (compiled kernels, no per-datapoint factorisation), "reference" (pure
+            PyTorch, SPEC 1.2) or "auto" (fused when compiled for the inputs' device).
+
+    Returns:
+        (N,) tensor in the inputs' dtype (float16/bfloat16 are computed in float32).
+    """
+    impl = check_impl(impl)
+    inp = check_regularizer_inputs(mu, L, z, nu, prior_cov)
+    device = inp.mu.device
+    if impl == "auto":
+        impl = "fused" if fused_available(device) else "reference"
+    if impl == "reference":
+        return regularizer_from_checked(inp, constants).to(inp.out_dtype)
+    if not fused_available(device):
+        raise ValueError(
+            f"impl='fused' needs a kernel for device {device}, but chyvae_ext was built without CUDA "
+            "kernels (see chyvae_ext.build_info()); use impl='auto' or 'reference', or rebuild with CUDA"
+        )
+    out = _OPS.regularizer(
+        inp.mu, inp.L, inp.z, inp.nu, inp.prior_prec, inp.prior_scale, inp.prior_logdet, bool(constants)
+    )
+    return out.to(inp.out_dtype)

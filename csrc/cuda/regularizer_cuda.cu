@@ -1,0 +1,110 @@
+// CUDA backend: one thread per datapoint running the shared per-datapoint math.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "../regularizer_host.h"
+#include "../regularizer_math.h"
+
+namespace chyvae_ext {
+namespace {
+
+constexpr int kThreads = 128;
+
+template <typename T>
+__global__ void regularizer_forward_kernel(RegParams p, int64_t n, const T* __restrict__ mu,
+                                           const T* __restrict__ L, const T* __restrict__ z,
+                                           const double* __restrict__ prec, double* __restrict__ ws,
+                                           int64_t ws_size, T* __restrict__ out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int64_t d = p.d, kd = static_cast<int64_t>(p.K) * p.d;
+  out[i] = static_cast<T>(
+      reg_forward_point(p, mu + i * d, L + i * d * d, z + i * kd, prec, ws + i * ws_size));
+}
+
+template <typename T>
+__global__ void regularizer_backward_kernel(RegParams p, int64_t n, const double* __restrict__ grad,
+                                            const T* __restrict__ mu, const T* __restrict__ L,
+                                            const T* __restrict__ z, const double* __restrict__ prec,
+                                            double* __restrict__ ws, int64_t ws_size, T* __restrict__ g_mu,
+                                            T* __restrict__ g_l, T* __restrict__ g_z,
+                                            double* __restrict__ g_nu) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int64_t d = p.d, kd = static_cast<int64_t>(p.K) * p.d;
+  g_nu[i] = reg_backward_point(p, grad[i], mu + i * d, L + i * d * d, z + i * kd, prec,
+                               ws + i * ws_size, g_mu + i * d, g_l + i * d * d, g_z + i * kd);
+}
+
+unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
+
+at::Tensor regularizer_cuda(const at::Tensor& mu_in, const at::Tensor& L_in, const at::Tensor& z_in,
+                            const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec,
+                            double prior_scale, double prior_logdet, bool constants) {
+  const PreparedCall call =
+      prepare_regularizer(mu_in, L_in, z_in, nu, prior_prec, prior_scale, prior_logdet, constants);
+  const c10::cuda::CUDAGuard guard(mu_in.device());
+  const at::Tensor mu = mu_in.contiguous(), L = L_in.contiguous(), z = z_in.contiguous();
+  const int64_t n = mu.size(0);
+  at::Tensor out = at::empty({n}, mu.options());
+  if (n == 0) return out;
+  const int64_t ws_size = reg_workspace_size(call.params.d, call.params.K);
+  at::Tensor ws = at::empty({n * ws_size}, mu.options().dtype(at::kDouble));
+  const double* prec = call.prec.defined() ? call.prec.const_data_ptr<double>() : nullptr;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "regularizer_cuda", [&] {
+    regularizer_forward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+        call.params, n, mu.const_data_ptr<scalar_t>(), L.const_data_ptr<scalar_t>(),
+        z.const_data_ptr<scalar_t>(), prec, ws.mutable_data_ptr<double>(), ws_size,
+        out.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_cuda(
+    const at::Tensor& grad_in, const at::Tensor& mu_in, const at::Tensor& L_in, const at::Tensor& z_in,
+    const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec, double prior_scale,
+    double prior_logdet, bool constants) {
+  const PreparedCall call =
+      prepare_regularizer(mu_in, L_in, z_in, nu, prior_prec, prior_scale, prior_logdet, constants);
+  const int64_t n = mu_in.size(0);
+  TORCH_CHECK_VALUE(grad_in.dim() == 1 && grad_in.size(0) == n && grad_in.device() == mu_in.device(),
+                    "chyvae_ext: grad must have shape (", n, ") on ", mu_in.device(), ", got ",
+                    grad_in.sizes(), " on ", grad_in.device());
+  const c10::cuda::CUDAGuard guard(mu_in.device());
+  const at::Tensor mu = mu_in.contiguous(), L = L_in.contiguous(), z = z_in.contiguous();
+  const at::Tensor grad = grad_in.to(at::kDouble).contiguous();
+  at::Tensor g_mu = at::empty_like(mu), g_l = at::empty_like(L), g_z = at::empty_like(z);
+  at::Tensor g_nu = at::empty({n}, mu.options().dtype(at::kDouble));
+  if (n == 0) return {g_mu, g_l, g_z, g_nu};
+  const int64_t ws_size = reg_workspace_size(call.params.d, call.params.K);
+  at::Tensor ws = at::empty({n * ws_size}, mu.options().dtype(at::kDouble));
+  const double* prec = call.prec.defined() ? call.prec.const_data_ptr<double>() : nullptr;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "regularizer_backward_cuda", [&] {
+    regularizer_backward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+        call.params, n, grad.const_data_ptr<double>(), mu.const_data_ptr<scalar_t>(),
+        L.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), prec,
+        ws.mutable_data_ptr<double>(), ws_size, g_mu.mutable_data_ptr<scalar_t>(),
+        g_l.mutable_data_ptr<scalar_t>(), g_z.mutable_data_ptr<scalar_t>(),
+        g_nu.mutable_data_ptr<double>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {g_mu, g_l, g_z, g_nu};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(chyvae_ext, CUDA, m) {
+  m.impl("regularizer", &regularizer_cuda);
+  m.impl("regularizer_backward", &regularizer_backward_cuda);
+}
+
+}  // namespace chyvae_ext

@@ -1,0 +1,101 @@
+#include "regularizer_host.h"
+
+#include <ATen/ATen.h>
+#include <ATen/native/Math.h>
+
+#include <cmath>
+
+namespace chyvae_ext {
+namespace {
+
+// log Gamma_d(a), psi_d(a) and psi'_d(a) of SPEC 1.1.
+double mv_lgamma(double a, int d) {
+  double acc = 0.25 * d * (d - 1) * std::log(M_PI);
+  for (int i = 1; i <= d; ++i) acc += std::lgamma(a + 0.5 * (1 - i));
+  return acc;
+}
+
+double mv_digamma(double a, int d) {
+  double acc = 0.0;
+  for (int i = 1; i <= d; ++i) acc += calc_digamma(a + 0.5 * (1 - i));
+  return acc;
+}
+
+double mv_trigamma(double a, int d) {
+  double acc = 0.0;
+  for (int i = 1; i <= d; ++i) acc += trigamma(a + 0.5 * (1 - i));
+  return acc;
+}
+
+}  // namespace
+
+PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z,
+                                 const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec,
+                                 double prior_scale, double prior_logdet, bool constants) {
+  TORCH_CHECK_VALUE(mu.dim() == 2, "chyvae_ext: mu must have shape (N, d), got ", mu.sizes());
+  const int64_t n = mu.size(0), d = mu.size(1);
+  TORCH_CHECK_VALUE(d >= 1, "chyvae_ext: mu must have d >= 1 latent dimensions, got ", mu.sizes());
+  TORCH_CHECK_VALUE(L.dim() == 3 && L.size(0) == n && L.size(1) == d && L.size(2) == d,
+                    "chyvae_ext: L must have shape (", n, ", ", d, ", ", d, "), got ", L.sizes());
+  TORCH_CHECK_VALUE(z.dim() == 3 && z.size(0) == n && z.size(2) == d && z.size(1) >= 1,
+                    "chyvae_ext: z must have shape (", n, ", K, ", d, ") with K >= 1, got ", z.sizes());
+  const auto dtype = mu.scalar_type();
+  TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble,
+                    "chyvae_ext: mu must be float32 or float64, got ", dtype);
+  TORCH_CHECK_VALUE(L.scalar_type() == dtype && z.scalar_type() == dtype,
+                    "chyvae_ext: mu, L and z must share a dtype, got ", dtype, ", ", L.scalar_type(),
+                    ", ", z.scalar_type());
+  TORCH_CHECK_VALUE(L.device() == mu.device() && z.device() == mu.device(),
+                    "chyvae_ext: mu, L and z must be on one device, got ", mu.device(), ", ",
+                    L.device(), ", ", z.device());
+  TORCH_CHECK_VALUE(nu.dim() == 0 && nu.is_floating_point() && nu.device().is_cpu(),
+                    "chyvae_ext: nu must be a 0-d floating CPU tensor, got shape ", nu.sizes(),
+                    " dtype ", nu.scalar_type(), " on ", nu.device());
+  const int64_t k = z.size(1);
+  const double nu_v = nu.item<double>();
+  TORCH_CHECK_VALUE(std::isfinite(nu_v) && nu_v > static_cast<double>(d - 1),
+                    "chyvae_ext: nu must be finite and > d - 1 = ", d - 1, ", got ", nu_v);
+  TORCH_CHECK_VALUE(d <= 4096 && k <= 4096, "chyvae_ext: d and K must be at most 4096, got d = ", d,
+                    ", K = ", k);
+
+  PreparedCall out;
+  RegParams& p = out.params;
+  p.d = static_cast<int>(d);
+  p.K = static_cast<int>(k);
+  p.alpha = 0.5 * (nu_v + 1.0);
+  p.beta = 0.5 * (nu_v + static_cast<double>(k));
+  p.s = std::max(nu_v - static_cast<double>(d) - 1.0, 1.0);
+  p.ds_dnu = (nu_v - static_cast<double>(d) - 1.0 > 1.0) ? 1.0 : 0.0;
+  if (prior_prec.has_value()) {
+    const at::Tensor& pp = *prior_prec;
+    TORCH_CHECK_VALUE(pp.dim() == 2 && pp.size(0) == d && pp.size(1) == d,
+                      "chyvae_ext: prior_prec must have shape (", d, ", ", d, "), got ", pp.sizes());
+    TORCH_CHECK_VALUE(pp.device() == mu.device(), "chyvae_ext: prior_prec must be on ", mu.device(),
+                      ", got ", pp.device());
+    out.prec = (pp.to(at::kDouble) / p.s).contiguous();
+    p.p_iso = 0.0;
+    p.log_det_psi = static_cast<double>(d) * std::log(p.s) + prior_logdet;
+  } else {
+    TORCH_CHECK_VALUE(prior_scale > 0.0 && std::isfinite(prior_scale),
+                      "chyvae_ext: prior_scale must be positive and finite, got ", prior_scale);
+    p.p_iso = 1.0 / (p.s * prior_scale);
+    p.log_det_psi = static_cast<double>(d) * std::log(p.s * prior_scale);
+  }
+  p.constant = 0.0;
+  p.dconst_dnu = 0.0;
+  if (constants) {
+    const int di = p.d;
+    const double nup = nu_v + static_cast<double>(k);
+    const double dd = static_cast<double>(d);
+    p.constant = 0.5 * nu_v * p.log_det_psi + 0.5 * nup * dd + 0.5 * dd + 0.5 * dd * std::log(2.0) +
+                 mv_lgamma(0.5 * nup, di) - mv_lgamma(0.5 * nu_v, di) +
+                 0.5 * (1.0 - static_cast<double>(k)) * mv_digamma(0.5 * nup, di);
+    p.dconst_dnu = 0.5 * p.log_det_psi + 0.5 * dd + 0.5 * mv_digamma(0.5 * nup, di) -
+                   0.5 * mv_digamma(0.5 * nu_v, di) +
+                   0.25 * (1.0 - static_cast<double>(k)) * mv_trigamma(0.5 * nup, di) +
+                   p.ds_dnu * nu_v * dd / (2.0 * p.s);
+  }
+  return out;
+}
+
+}  // namespace chyvae_ext

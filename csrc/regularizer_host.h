@@ -1,0 +1,24 @@
+// Host-side preparation shared by every backend: input checks and the per-call scalars.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+#include "regularizer_math.h"
+
+namespace chyvae_ext {
+
+struct PreparedCall {
+  RegParams params;
+  at::Tensor prec;  // P = Sigma0^-1 / s, float64 (d, d) on the inputs' device; undefined if isotropic
+};
+
+// Checks shapes, dtypes and devices (kernels assume what this checks) and computes the scalars.
+// nu: 0-d floating tensor on the CPU. prior_prec: Sigma0^-1 (d, d), or nullopt for
+// Sigma0 = prior_scale * I. prior_logdet: log|Sigma0| (ignored when isotropic).
+PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z,
+                                 const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec,
+                                 double prior_scale, double prior_logdet, bool constants);
+
+}  // namespace chyvae_ext
