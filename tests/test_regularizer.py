@@ -1,0 +1,244 @@
+"""The fused regulariser against the reference, scipy, finite differences and opcheck."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.special
+import scipy.stats
+import torch
+from helpers import make_inputs, random_spd
+
+from chyvae_ext import chyvae_regularizer, chyvae_regularizer_ref
+from chyvae_ext.reference import multivariate_digamma
+
+
+def rel_err(a, b):
+    return float(((a.double() - b.double()).abs() / b.double().abs().clamp_min(1e-300)).max())
+
+
+def prior(kind, d):
+    return {"identity": None, "scaled": 2.5, "full": random_spd(d, seed=d)}[kind]
+
+
+@pytest.mark.parametrize("d", [1, 3, 10, 32])
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("prior_kind", ["identity", "scaled", "full"])
+@pytest.mark.parametrize("constants", [True, False])
+def test_fused_matches_reference_float64(d, k, prior_kind, constants):
+    cov = prior(prior_kind, d)
+    for i, nu in enumerate([d - 0.5, d + 2.0, 50.0, 200.0]):
+        mu, L, z = make_inputs(17, d, k, seed=100 * d + 10 * k + i)
+        fused = chyvae_regularizer(mu, L, z, nu, cov, constants=constants, impl="fused")
+        ref = chyvae_regularizer_ref(mu, L, z, nu, cov, constants=constants)
+        assert fused.dtype == torch.float64 and fused.shape == (17,)
+        assert rel_err(fused, ref) <= 1e-10
+
+
+@pytest.mark.parametrize(("d", "tol"), [(10, 1e-5), (32, 1e-4)])
+@pytest.mark.parametrize("nu", [None, 200.0])
+def test_fused_float32_against_float64_reference(d, tol, nu):
+    nu = d + 2.0 if nu is None else nu
+    for seed in range(3):
+        mu, L, z = make_inputs(256, d, seed=seed, dtype=torch.float32)
+        fused = chyvae_regularizer(mu, L, z, nu, impl="fused")
+        ref = chyvae_regularizer_ref(mu.double(), L.double(), z.double(), nu)
+        assert fused.dtype == torch.float32
+        assert rel_err(fused, ref) <= tol
+
+
+def test_float32_gradients_against_float64_reference():
+    mu, L, z = make_inputs(64, 10, seed=5, dtype=torch.float32)
+    grads = []
+    for dtype in (torch.float32, torch.float64):
+        args = [t.to(dtype).requires_grad_() for t in (mu, L, z)]
+        out = chyvae_regularizer(*args, 12.0, impl="fused" if dtype == torch.float32 else "reference")
+        grads.append(torch.autograd.grad(out.sum(), args))
+    for g32, g64 in zip(*grads):
+        assert g32.dtype == torch.float32
+        assert float((g32.double() - g64).norm() / g64.norm()) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_half_inputs_computed_in_float32(dtype, impl):
+    mu, L, z = (t.to(dtype) for t in make_inputs(8, 4, seed=3))
+    out = chyvae_regularizer(mu, L, z, 6.0, impl=impl)
+    assert out.dtype == dtype
+    expected = chyvae_regularizer_ref(mu.double(), L.double(), z.double(), 6.0)
+    assert torch.allclose(out.double(), expected, rtol=1e-2 if dtype == torch.bfloat16 else 2e-3)
+
+
+def gradcheck_case(d, k, nu, cov, seed, contiguous):
+    mu, L, z = make_inputs(4, d, k, seed=seed, diag_floor=0.3)
+    if not contiguous:
+        # Same values, non-contiguous layouts: transposed storage and strided slices.
+        L = L.mT.contiguous().mT
+        mu = torch.stack([mu, mu], dim=-1)[..., 0]
+        z = torch.stack([z, z], dim=-1)[..., 1]
+        assert not (L.is_contiguous() or mu.is_contiguous() or z.is_contiguous())
+    nu_t = torch.tensor(nu, dtype=torch.float64, requires_grad=True)
+    args = tuple(t.detach().requires_grad_() for t in (mu, L, z)) + (nu_t,)
+
+    def fn(mu, L, z, nu):
+        return chyvae_regularizer(mu, torch.tril(L), z, nu, cov, impl="fused")
+
+    assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize(("d", "k", "nu", "prior_kind"), [
+    (3, 1, 2.5, "identity"),     # nu - d - 1 < 1: Psi does not move with nu
+    (3, 1, 9.0, "identity"),     # Psi = (nu - d - 1) I moves with nu
+    (4, 2, 8.5, "scaled"),
+    (4, 3, 30.0, "full"),
+])
+def test_gradcheck(seed, contiguous, d, k, nu, prior_kind):
+    gradcheck_case(d, k, nu, prior(prior_kind, d), seed, contiguous)
+
+
+@pytest.mark.parametrize(("k", "prior_kind", "nu"), [(1, "identity", 12.0), (2, "full", 40.0), (1, "scaled", 9.5)])
+def test_gradients_match_reference(k, prior_kind, nu):
+    d = 6
+    cov = prior(prior_kind, d)
+    mu, L, z = make_inputs(32, d, k, seed=11)
+    weights = torch.randn(32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    grads = []
+    for impl in ("fused", "reference"):
+        args = [t.clone().requires_grad_() for t in (mu, L, z)]
+        nu_t = torch.tensor(nu, dtype=torch.float64, requires_grad=True)
+        out = chyvae_regularizer(*args, nu_t, cov, impl=impl)
+        grads.append(torch.autograd.grad((out * weights).sum(), [*args, nu_t]))
+    for name, a, b in zip(("mu", "L", "z", "nu"), *grads):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-10), name
+    assert torch.count_nonzero(torch.triu(grads[0][1], 1)) == 0  # the upper triangle is never read
+
+
+def test_nu_gradient_reaches_a_cuda_or_float32_parameter():
+    mu, L, z = make_inputs(5, 3, seed=1)
+    nu = torch.tensor(7.0, dtype=torch.float32, requires_grad=True)
+    chyvae_regularizer(mu, L, z, nu).sum().backward()
+    nu64 = torch.tensor(7.0, dtype=torch.float64, requires_grad=True)
+    chyvae_regularizer_ref(mu, L, z, nu64).sum().backward()
+    assert nu.grad.dtype == torch.float32
+    assert math.isclose(float(nu.grad), float(nu64.grad), rel_tol=1e-6)
+
+
+def scipy_constant(nu, d, k, log_det_psi):
+    nup = nu + k
+    psi_d = sum(scipy.special.digamma(nup / 2 + (1 - i) / 2) for i in range(1, d + 1))
+    return (nu / 2 * log_det_psi + nup * d / 2 + d / 2 + d / 2 * math.log(2)
+            + scipy.special.multigammaln(nup / 2, d) - scipy.special.multigammaln(nu / 2, d)
+            + (1 - k) / 2 * psi_d)
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize(("d", "k", "nu", "prior_kind"), [
+    (10, 1, 12.0, "identity"), (10, 2, 200.0, "scaled"), (5, 3, 4.5, "full"), (32, 1, 34.0, "identity"),
+])
+def test_constant_term_against_scipy(impl, d, k, nu, prior_kind):
+    cov = prior(prior_kind, d)
+    sigma0 = np.eye(d) * (1.0 if cov is None else cov) if not torch.is_tensor(cov) else cov.numpy()
+    psi = max(nu - d - 1, 1) * sigma0
+    expected = scipy_constant(nu, d, k, np.linalg.slogdet(psi)[1])
+    mu, L, z = make_inputs(6, d, k, seed=4)
+    with_c = chyvae_regularizer(mu, L, z, nu, cov, impl=impl)
+    without = chyvae_regularizer(mu, L, z, nu, cov, constants=False, impl=impl)
+    assert np.allclose((with_c - without).numpy(), expected, rtol=1e-11, atol=1e-9)
+
+
+def test_multivariate_digamma_against_scipy():
+    for a, d in [(0.7, 1), (5.25, 4), (101.0, 32)]:
+        expected = sum(scipy.special.digamma(a + (1 - i) / 2) for i in range(1, d + 1))
+        got = multivariate_digamma(torch.tensor(a, dtype=torch.float64), d)
+        assert math.isclose(float(got), expected, rel_tol=1e-12)
+
+
+def test_closed_form_against_monte_carlo_with_scipy_densities():
+    """R equals E[log p(z|S) + log p(S) - log q(z|x) - log q(S|Z)], sampled with scipy.stats."""
+    d, k, nu = 3, 2, 7.0
+    mu, L, z = make_inputs(1, d, k, seed=8, diag_floor=0.3)
+    cov0 = random_spd(d, seed=3)
+    r = float(chyvae_regularizer(mu, L, z, nu, cov0)[0])
+    psi = max(nu - d - 1, 1) * cov0.numpy()
+    zm = z[0].numpy().T
+    psi_post, nu_post = psi + zm @ zm.T, nu + k
+    c = (L[0] @ L[0].T).numpy()
+    rng = np.random.default_rng(0)
+    n = 40000
+    sigmas = scipy.stats.invwishart(df=nu_post, scale=psi_post).rvs(size=n, random_state=rng)
+    zs = rng.multivariate_normal(mu[0].numpy(), c, size=n)
+    chol = np.linalg.cholesky(sigmas)
+    sol = np.linalg.solve(chol, zs[:, :, None])[..., 0]
+    log_pz = -0.5 * (sol**2).sum(-1) - np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(-1) - d / 2 * math.log(2 * math.pi)
+    log_prior = scipy.stats.invwishart(df=nu, scale=psi).logpdf(sigmas.transpose(1, 2, 0))
+    log_post = scipy.stats.invwishart(df=nu_post, scale=psi_post).logpdf(sigmas.transpose(1, 2, 0))
+    entropy = scipy.stats.multivariate_normal(mu[0].numpy(), c).entropy()
+    samples = log_pz + log_prior - log_post + entropy
+    estimate, stderr = samples.mean(), samples.std() / math.sqrt(n)
+    assert stderr < 0.08  # resolves a mistake of a third of a nat; c alone is 29 nats here
+    assert abs(estimate - r) < 4 * stderr, (estimate, r, stderr)
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_empty_batch(impl):
+    mu, L, z = (t.requires_grad_() for t in make_inputs(0, 5, 2))
+    nu = torch.tensor(8.0, dtype=torch.float64, requires_grad=True)
+    out = chyvae_regularizer(mu, L, z, nu, impl=impl)
+    assert out.shape == (0,)
+    out.sum().backward()
+    assert mu.grad.shape == (0, 5) and L.grad.shape == (0, 5, 5) and z.grad.shape == (0, 2, 5)
+    assert float(nu.grad) == 0.0
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_bad_rows_stay_in_their_row(impl):
+    mu, L, z = make_inputs(6, 4, seed=9)
+    clean = chyvae_regularizer(mu, L, z, 7.0, impl=impl)
+    mu, L, z = mu.clone(), L.clone(), z.clone()
+    mu[1, 2] = float("nan")
+    L[3, 1, 1] = -0.5
+    z[4, 0] = float("inf")
+    L[5, 2, 2] = 0.0
+    out = chyvae_regularizer(mu, L, z, 7.0, impl=impl)
+    bad = torch.tensor([False, True, False, True, True, True])
+    assert not torch.isfinite(out[bad]).any()
+    assert torch.equal(out[~bad], clean[~bad])
+
+
+def test_opcheck_forward_and_backward():
+    ops = torch.ops.chyvae_ext
+    cov = random_spd(4, seed=1)
+    prec = torch.cholesky_inverse(torch.linalg.cholesky(cov))
+    logdet = float(torch.logdet(cov))
+    for k, prior_args in [(1, (None, 1.0, 0.0)), (2, (prec, 1.0, logdet)), (3, (None, 2.0, 0.0))]:
+        for dtype in (torch.float32, torch.float64):
+            mu, L, z = make_inputs(5, 4, k, seed=k, dtype=dtype)
+            nu = torch.tensor(9.0, dtype=torch.float64)
+            args = (mu, L, z, nu, *prior_args, True)
+            torch.library.opcheck(ops.regularizer, args)
+            grad_args = tuple(t.requires_grad_() if t.is_floating_point() and t.dim() > 0 else t
+                              for t in (mu.clone(), L.clone(), z.clone()))
+            torch.library.opcheck(ops.regularizer, (*grad_args, nu, *prior_args, True))
+            grad = torch.randn(5, dtype=dtype)
+            torch.library.opcheck(ops.regularizer_backward, (grad, mu, L, z, nu, *prior_args, True))
+            mu0, L0, z0 = make_inputs(0, 4, k, dtype=dtype)
+            torch.library.opcheck(ops.regularizer_backward, (grad[:0], mu0, L0, z0, nu, *prior_args, False))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(backend):
+    mu, L, z = make_inputs(16, 5, seed=12, dtype=torch.float32)
+
+    def loss(mu, L, z):
+        return -chyvae_regularizer(mu, L, z, 9.0, impl="fused").mean()
+
+    compiled = torch.compile(loss, fullgraph=True, backend=backend)
+    results = []
+    for fn in (loss, compiled):
+        args = [t.clone().requires_grad_() for t in (mu, L, z)]
+        value = fn(*args)
+        results.append((value, *torch.autograd.grad(value, args)))
+    for eager, comp in zip(*results):
+        assert torch.allclose(eager, comp, rtol=1e-6, atol=1e-6)
