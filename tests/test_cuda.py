@@ -39,7 +39,7 @@ def test_cuda_matches_cpu_and_reference(dtype, d, tol, k, prior_kind):
         w = torch.randn(300, dtype=dtype)
         g_cuda = torch.autograd.grad((out * w.cuda()).sum(), [*args, nu])
         g_cpu = torch.autograd.grad((cpu * w).sum(), [*cpu_args, nu_cpu])
-        for a, b in zip(g_cuda, g_cpu):
+        for a, b in zip(g_cuda, g_cpu, strict=True):
             assert float((a.double().cpu() - b.double()).norm() / b.double().norm()) <= tol
 
 

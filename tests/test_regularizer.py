@@ -54,7 +54,7 @@ def test_float32_gradients_against_float64_reference():
         args = [t.to(dtype).requires_grad_() for t in (mu, L, z)]
         out = chyvae_regularizer(*args, 12.0, impl="fused" if dtype == torch.float32 else "reference")
         grads.append(torch.autograd.grad(out.sum(), args))
-    for g32, g64 in zip(*grads):
+    for g32, g64 in zip(*grads, strict=True):
         assert g32.dtype == torch.float32
         assert float((g32.double() - g64).norm() / g64.norm()) <= 1e-5
 
@@ -110,7 +110,7 @@ def test_gradients_match_reference(k, prior_kind, nu):
         nu_t = torch.tensor(nu, dtype=torch.float64, requires_grad=True)
         out = chyvae_regularizer(*args, nu_t, cov, impl=impl)
         grads.append(torch.autograd.grad((out * weights).sum(), [*args, nu_t]))
-    for name, a, b in zip(("mu", "L", "z", "nu"), *grads):
+    for name, a, b in zip(("mu", "L", "z", "nu"), *grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-10), name
     assert torch.count_nonzero(torch.triu(grads[0][1], 1)) == 0  # the upper triangle is never read
 
@@ -240,5 +240,5 @@ def test_torch_compile_fullgraph(backend):
         args = [t.clone().requires_grad_() for t in (mu, L, z)]
         value = fn(*args)
         results.append((value, *torch.autograd.grad(value, args)))
-    for eager, comp in zip(*results):
+    for eager, comp in zip(*results, strict=True):
         assert torch.allclose(eager, comp, rtol=1e-6, atol=1e-6)
