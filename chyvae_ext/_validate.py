@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ class RegularizerInputs:
 
     mu: torch.Tensor  # (N, d)
     L: torch.Tensor  # (N, d, d)
-    z: torch.Tensor  # (N, K, d)
+    z: torch.Tensor  # (N, d) or (N, K, d)
     nu: torch.Tensor  # 0-d float64 on the CPU, differentiable when the user's nu is
     prior_cov: torch.Tensor | None  # (d, d) in the compute dtype, or None for prior_scale * I
     prior_scale: float
@@ -40,6 +41,12 @@ def _check_tensor(name: str, value: object) -> torch.Tensor:
     return value
 
 
+@functools.lru_cache(maxsize=64)
+def _nu_tensor(value: float) -> torch.Tensor:
+    # Creating a 0-d tensor costs more than the fused kernels at small batches; nu is read-only.
+    return torch.tensor(value, dtype=torch.float64)
+
+
 def _check_nu(nu: object, d: int) -> torch.Tensor:
     if isinstance(nu, bool) or not isinstance(nu, (numbers.Real, torch.Tensor)):
         raise TypeError(f"nu must be a float or a 0-d tensor, got {type(nu).__name__}")
@@ -54,7 +61,10 @@ def _check_nu(nu: object, d: int) -> torch.Tensor:
         value = float(nu_t.detach())
     else:
         value = float(nu)
-        nu_t = torch.tensor(value, dtype=torch.float64)
+        if torch.compiler.is_compiling():
+            nu_t = torch.tensor(value, dtype=torch.float64)
+        else:
+            nu_t = _nu_tensor(value)
     if not math.isfinite(value) or value <= d - 1:
         raise ValueError(f"nu must be finite and greater than d - 1 = {d - 1} (d = {d}), got {value}")
     return nu_t
@@ -118,7 +128,6 @@ def check_regularizer_inputs(mu, L, z, nu, prior_cov) -> RegularizerInputs:
     if z.dim() == 2:
         if z.shape != (n, d):
             raise ValueError(f"z must have shape ({n}, {d}) or ({n}, K, {d}), got {tuple(z.shape)}")
-        z = z.unsqueeze(1)
     elif z.dim() != 3 or z.shape[0] != n or z.shape[2] != d or z.shape[1] < 1:
         raise ValueError(f"z must have shape ({n}, {d}) or ({n}, K, {d}) with K >= 1, got {tuple(z.shape)}")
     if not (mu.dtype == L.dtype == z.dtype):
@@ -131,10 +140,12 @@ def check_regularizer_inputs(mu, L, z, nu, prior_cov) -> RegularizerInputs:
     compute = mu.dtype if mu.dtype in (torch.float32, torch.float64) else torch.float32
     nu_t = _check_nu(nu, d)
     cov, scale, prec, logdet = _check_prior_cov(prior_cov, d, mu.device, compute)
+    if compute != mu.dtype:
+        mu, L, z = mu.to(compute), L.to(compute), z.to(compute)
     return RegularizerInputs(
-        mu=mu.to(compute),
-        L=L.to(compute),
-        z=z.to(compute),
+        mu=mu,
+        L=L,
+        z=z,
         nu=nu_t,
         prior_cov=cov,
         prior_scale=scale,

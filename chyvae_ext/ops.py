@@ -1,4 +1,4 @@
-"""The fused regulariser: fake kernels, autograd over the compiled ops, and the public entry point."""
+"""The fused regulariser: fake kernels for tracing the compiled ops, and the public entry point."""
 
 from __future__ import annotations
 
@@ -26,24 +26,8 @@ def _regularizer_backward_fake(grad, mu, L, z, nu, prior_prec, prior_scale, prio
     )
 
 
-def _setup_context(ctx, inputs, output):
-    mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants = inputs
-    ctx.save_for_backward(mu, L, z, nu, prior_prec)
-    ctx.prior_scale = prior_scale
-    ctx.prior_logdet = prior_logdet
-    ctx.constants = constants
-
-
-def _backward(ctx, grad):
-    mu, L, z, nu, prior_prec = ctx.saved_tensors
-    g_mu, g_l, g_z, g_nu = _OPS.regularizer_backward(
-        grad, mu, L, z, nu, prior_prec, ctx.prior_scale, ctx.prior_logdet, ctx.constants
-    )
-    grad_nu = g_nu.sum().to(device=nu.device, dtype=nu.dtype) if ctx.needs_input_grad[3] else None
-    return g_mu, g_l, g_z, grad_nu, None, None, None, None
-
-
-torch.library.register_autograd("chyvae_ext::regularizer", _backward, setup_context=_setup_context)
+# Autograd for chyvae_ext::regularizer is registered in C++ (csrc/autograd.cpp): the Python
+# wrapper of torch.library.register_autograd cost more than the fused kernels themselves.
 
 
 def fused_available(device: torch.device) -> bool:

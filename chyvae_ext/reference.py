@@ -20,7 +20,8 @@ def multivariate_digamma(a: torch.Tensor, d: int) -> torch.Tensor:
 
 def regularizer_from_checked(inp: RegularizerInputs, constants: bool) -> torch.Tensor:
     """R of SPEC 1.1 for validated inputs, in the compute dtype."""
-    mu, z = inp.mu, inp.z
+    mu = inp.mu
+    z = inp.z if inp.z.dim() == 3 else inp.z.unsqueeze(1)
     n, k, d = z.shape
     L = torch.tril(inp.L)
     nu = inp.nu.to(device=mu.device, dtype=mu.dtype)

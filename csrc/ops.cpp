@@ -1,9 +1,9 @@
 // Every op's schema, in one place. Backends: cpu/regularizer_cpu.cpp, cuda/regularizer_cuda.cu.
-// Autograd and fake (meta) kernels are registered in chyvae_ext/ops.py.
+// Autograd: autograd.cpp. Fake (meta) kernels for tracing: chyvae_ext/ops.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY(chyvae_ext, m) {
-  // R of SPEC 1.1 per datapoint. mu (N, d); L (N, d, d), lower triangle read; z (N, K, d);
+  // R of SPEC 1.1 per datapoint. mu (N, d); L (N, d, d), lower triangle read; z (N, d) or (N, K, d);
   // nu 0-d CPU tensor; prior_prec Sigma0^-1 (d, d), or None for Sigma0 = prior_scale * I;
   // prior_logdet log|Sigma0| (used with prior_prec). Returns (N,) in the inputs' dtype.
   m.def(

@@ -31,14 +31,16 @@ double mv_trigamma(double a, int d) {
 
 PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z,
                                  const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec,
-                                 double prior_scale, double prior_logdet, bool constants) {
+                                 double prior_scale, double prior_logdet, bool constants, bool backward) {
   TORCH_CHECK_VALUE(mu.dim() == 2, "chyvae_ext: mu must have shape (N, d), got ", mu.sizes());
   const int64_t n = mu.size(0), d = mu.size(1);
   TORCH_CHECK_VALUE(d >= 1, "chyvae_ext: mu must have d >= 1 latent dimensions, got ", mu.sizes());
   TORCH_CHECK_VALUE(L.dim() == 3 && L.size(0) == n && L.size(1) == d && L.size(2) == d,
                     "chyvae_ext: L must have shape (", n, ", ", d, ", ", d, "), got ", L.sizes());
-  TORCH_CHECK_VALUE(z.dim() == 3 && z.size(0) == n && z.size(2) == d && z.size(1) >= 1,
-                    "chyvae_ext: z must have shape (", n, ", K, ", d, ") with K >= 1, got ", z.sizes());
+  const bool z_ok = (z.dim() == 2 && z.size(0) == n && z.size(1) == d) ||
+                    (z.dim() == 3 && z.size(0) == n && z.size(2) == d && z.size(1) >= 1);
+  TORCH_CHECK_VALUE(z_ok, "chyvae_ext: z must have shape (", n, ", ", d, ") or (", n, ", K, ", d,
+                    ") with K >= 1, got ", z.sizes());
   const auto dtype = mu.scalar_type();
   TORCH_CHECK_VALUE(dtype == at::kFloat || dtype == at::kDouble,
                     "chyvae_ext: mu must be float32 or float64, got ", dtype);
@@ -51,7 +53,7 @@ PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, cons
   TORCH_CHECK_VALUE(nu.dim() == 0 && nu.is_floating_point() && nu.device().is_cpu(),
                     "chyvae_ext: nu must be a 0-d floating CPU tensor, got shape ", nu.sizes(),
                     " dtype ", nu.scalar_type(), " on ", nu.device());
-  const int64_t k = z.size(1);
+  const int64_t k = z.dim() == 3 ? z.size(1) : 1;
   const double nu_v = nu.item<double>();
   TORCH_CHECK_VALUE(std::isfinite(nu_v) && nu_v > static_cast<double>(d - 1),
                     "chyvae_ext: nu must be finite and > d - 1 = ", d - 1, ", got ", nu_v);
@@ -87,13 +89,15 @@ PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, cons
     const int di = p.d;
     const double nup = nu_v + static_cast<double>(k);
     const double dd = static_cast<double>(d);
-    p.constant = 0.5 * nu_v * p.log_det_psi + 0.5 * nup * dd + 0.5 * dd + 0.5 * dd * std::log(2.0) +
-                 mv_lgamma(0.5 * nup, di) - mv_lgamma(0.5 * nu_v, di) +
-                 0.5 * (1.0 - static_cast<double>(k)) * mv_digamma(0.5 * nup, di);
-    p.dconst_dnu = 0.5 * p.log_det_psi + 0.5 * dd + 0.5 * mv_digamma(0.5 * nup, di) -
-                   0.5 * mv_digamma(0.5 * nu_v, di) +
-                   0.25 * (1.0 - static_cast<double>(k)) * mv_trigamma(0.5 * nup, di) +
-                   p.ds_dnu * nu_v * dd / (2.0 * p.s);
+    if (!backward) {
+      p.constant = 0.5 * nu_v * p.log_det_psi + 0.5 * nup * dd + 0.5 * dd + 0.5 * dd * std::log(2.0) +
+                   mv_lgamma(0.5 * nup, di) - mv_lgamma(0.5 * nu_v, di) +
+                   0.5 * (1.0 - static_cast<double>(k)) * mv_digamma(0.5 * nup, di);
+    } else {
+      p.dconst_dnu = 0.5 * p.log_det_psi + 0.5 * dd + 0.5 * mv_digamma(0.5 * nup, di) -
+                     0.5 * mv_digamma(0.5 * nu_v, di) + p.ds_dnu * nu_v * dd / (2.0 * p.s);
+      if (k != 1) p.dconst_dnu += 0.25 * (1.0 - static_cast<double>(k)) * mv_trigamma(0.5 * nup, di);
+    }
   }
   return out;
 }

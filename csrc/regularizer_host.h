@@ -16,9 +16,10 @@ struct PreparedCall {
 
 // Checks shapes, dtypes and devices (kernels assume what this checks) and computes the scalars.
 // nu: 0-d floating tensor on the CPU. prior_prec: Sigma0^-1 (d, d), or nullopt for
-// Sigma0 = prior_scale * I. prior_logdet: log|Sigma0| (ignored when isotropic).
+// Sigma0 = prior_scale * I. prior_logdet: log|Sigma0| (ignored when isotropic). The forward needs
+// c, the backward dc/dnu: `backward` says which, so each pass evaluates only its special functions.
 PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z,
                                  const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec,
-                                 double prior_scale, double prior_logdet, bool constants);
+                                 double prior_scale, double prior_logdet, bool constants, bool backward);
 
 }  // namespace chyvae_ext

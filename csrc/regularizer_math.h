@@ -18,8 +18,12 @@
 #include <cmath>
 #include <cstdint>
 
+// Always inlined: the CPU backend compiles its callers once per instruction set (target_clones),
+// and only code inlined into them is compiled for that set.
 #if defined(__CUDACC__)
 #define CHY_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define CHY_HD inline __attribute__((always_inline))
 #else
 #define CHY_HD inline
 #endif
@@ -75,6 +79,22 @@ struct RegWorkspace {
   }
 };
 
+// sum_i a_i b_i in double with four independent accumulators: the serial add chain, not the
+// arithmetic, bounds a plain loop, and this form lets the compiler use SIMD without -ffast-math.
+template <typename A, typename B>
+CHY_HD double reg_dot(int n, const A* a, const B* b) {
+  double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+  int i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+    s1 += static_cast<double>(a[i + 1]) * static_cast<double>(b[i + 1]);
+    s2 += static_cast<double>(a[i + 2]) * static_cast<double>(b[i + 2]);
+    s3 += static_cast<double>(a[i + 3]) * static_cast<double>(b[i + 3]);
+  }
+  for (; i < n; ++i) s0 += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+  return (s0 + s1) + (s2 + s3);
+}
+
 // out = P x (P is d x d row-major in double, or p_iso * I when prec == nullptr).
 template <typename T>
 CHY_HD void reg_apply_p(int d, const double* prec, double p_iso, const T* x, double* out) {
@@ -82,20 +102,47 @@ CHY_HD void reg_apply_p(int d, const double* prec, double p_iso, const T* x, dou
     for (int i = 0; i < d; ++i) out[i] = p_iso * static_cast<double>(x[i]);
     return;
   }
-  for (int i = 0; i < d; ++i) {
-    double acc = 0.0;
-    for (int k = 0; k < d; ++k) acc += prec[i * d + k] * static_cast<double>(x[k]);
-    out[i] = acc;
+  for (int i = 0; i < d; ++i) out[i] = reg_dot(d, prec + i * d, x);
+}
+
+// out[j] = (P L)_ij for j <= i. L is lower-triangular, so row k of L contributes its first
+// min(k, i) + 1 entries; accumulating whole rows keeps the access contiguous.
+template <typename T>
+CHY_HD void reg_pl_row(int d, const double* prec, double p_iso, const T* L, int i, double* out) {
+  const T* li = L + i * d;
+  if (prec == nullptr) {
+    for (int j = 0; j <= i; ++j) out[j] = p_iso * static_cast<double>(li[j]);
+    return;
+  }
+  for (int j = 0; j <= i; ++j) out[j] = 0.0;
+  for (int k = 0; k < d; ++k) {
+    const double a = prec[i * d + k];
+    const T* lk = L + k * d;
+    const int len = (k < i ? k : i) + 1;
+    for (int j = 0; j < len; ++j) out[j] += a * static_cast<double>(lk[j]);
   }
 }
 
-// (P L)_ij for j <= i; L is lower-triangular so only rows k >= j contribute.
+// sum_i log L_ii with a single log: mantissas multiplied and exponents summed, renormalised every
+// 8 factors so the product stays in range. A diagonal entry that is not > 0 (or NaN) gives NaN.
 template <typename T>
-CHY_HD double reg_pl(int d, const double* prec, double p_iso, const T* L, int i, int j) {
-  if (prec == nullptr) return p_iso * static_cast<double>(L[i * d + j]);
-  double acc = 0.0;
-  for (int k = j; k < d; ++k) acc += prec[i * d + k] * static_cast<double>(L[k * d + j]);
-  return acc;
+CHY_HD double reg_sum_log_diag(int d, const T* L) {
+  double mant = 1.0;
+  int exp_sum = 0;
+  bool positive = true;
+  for (int i = 0; i < d; ++i) {
+    const double v = static_cast<double>(L[i * d + i]);
+    positive = positive && (v > 0.0);
+    int e = 0;
+    mant *= frexp(v, &e);
+    exp_sum += e;
+    if ((i & 7) == 7) {
+      mant = frexp(mant, &e);
+      exp_sum += e;
+    }
+  }
+  if (!positive) return NAN;
+  return log(mant) + exp_sum * 0.69314718055994530942;
 }
 
 // Cholesky of the K x K SPD matrix A into lower C, then Hinv = A^-1; returns log|A|.
@@ -135,13 +182,13 @@ CHY_HD double reg_small_chol_inverse(int K, const double* A, double* C, double* 
 struct RegState {
   double log_det_g;  // log|G|
   double trace;      // T = tr((C + mu mu^T + Psi) Psi'^-1)
-  double sum_log_l;  // sum_i log L_ii = log|C| / 2
+  double sum_log_l;  // sum_i log L_ii = log|C| / 2 (0 unless asked for)
 };
 
 // Fills U, W, pmu, m, G, C, H and Q' of the workspace and returns the scalars.
 template <typename T>
 CHY_HD RegState reg_state(const RegParams& p, const T* mu, const T* L, const T* z,
-                          const double* prec, const RegWorkspace& w_) {
+                          const double* prec, const RegWorkspace& w_, bool need_log_det_c) {
   const int d = p.d, K = p.K;
   double* U = w_.U;
   double* W = w_.W;
@@ -154,35 +201,38 @@ CHY_HD RegState reg_state(const RegParams& p, const T* mu, const T* L, const T* 
 
   for (int k = 0; k < K; ++k) reg_apply_p(d, prec, p.p_iso, z + k * d, U + k * d);
   reg_apply_p(d, prec, p.p_iso, mu, pmu);
+  for (int t = 0; t < K * d; ++t) W[t] = 0.0;
 
-  double tr_lpl = 0.0, mu_p_mu = 0.0, sum_log_l = 0.0;
+  // One pass over the rows of L: tr(L^T P L) and W_k = L^T U_k (as row axpys).
+  double tr_lpl = 0.0;
+  const double sum_log_l = need_log_det_c ? reg_sum_log_diag(d, L) : 0.0;
   for (int i = 0; i < d; ++i) {
-    mu_p_mu += static_cast<double>(mu[i]) * pmu[i];
-    sum_log_l += log(static_cast<double>(L[i * d + i]));
-    for (int j = 0; j <= i; ++j) tr_lpl += static_cast<double>(L[i * d + j]) * reg_pl(d, prec, p.p_iso, L, i, j);
-  }
-  for (int k = 0; k < K; ++k) {
-    const double* u = U + k * d;
-    double* w = W + k * d;
-    double mk = 0.0;
-    for (int j = 0; j < d; ++j) {
-      double acc = 0.0;
-      for (int i = j; i < d; ++i) acc += static_cast<double>(L[i * d + j]) * u[i];
-      w[j] = acc;
-      mk += static_cast<double>(mu[j]) * u[j];
+    const T* li = L + i * d;
+    if (prec == nullptr) {
+      tr_lpl += reg_dot(i + 1, li, li);
+    } else {
+      reg_pl_row(d, prec, p.p_iso, L, i, w_.y);
+      tr_lpl += reg_dot(i + 1, li, w_.y);
     }
-    m[k] = mk;
+    for (int k = 0; k < K; ++k) {
+      const double a = U[k * d + i];
+      double* wk = W + k * d;
+      for (int j = 0; j <= i; ++j) wk[j] += static_cast<double>(li[j]) * a;
+    }
+  }
+  if (prec == nullptr) tr_lpl *= p.p_iso;
+  const double mu_p_mu = reg_dot(d, mu, pmu);
+  for (int k = 0; k < K; ++k) {
+    m[k] = reg_dot(d, mu, U + k * d);
     for (int l = 0; l <= k; ++l) {
-      double g = (k == l) ? 1.0 : 0.0;
-      for (int i = 0; i < d; ++i) g += static_cast<double>(z[k * d + i]) * U[l * d + i];
+      const double g = (k == l ? 1.0 : 0.0) + reg_dot(d, z + k * d, U + l * d);
       G[k * K + l] = g;
       G[l * K + k] = g;
     }
   }
   for (int k = 0; k < K; ++k) {
     for (int l = 0; l <= k; ++l) {
-      double q = m[k] * m[l];
-      for (int j = 0; j < d; ++j) q += W[k * d + j] * W[l * d + j];
+      const double q = m[k] * m[l] + reg_dot(d, W + k * d, W + l * d);
       Qp[k * K + l] = q;
       Qp[l * K + k] = q;
     }
@@ -200,7 +250,7 @@ CHY_HD RegState reg_state(const RegParams& p, const T* mu, const T* L, const T* 
 template <typename T>
 CHY_HD double reg_forward_point(const RegParams& p, const T* mu, const T* L, const T* z,
                                 const double* prec, double* ws) {
-  const RegState st = reg_state(p, mu, L, z, prec, RegWorkspace(ws, p.d, p.K));
+  const RegState st = reg_state(p, mu, L, z, prec, RegWorkspace(ws, p.d, p.K), true);
   return -p.alpha * (p.log_det_psi + st.log_det_g) - p.beta * st.trace + st.sum_log_l + p.constant;
 }
 
@@ -210,7 +260,7 @@ CHY_HD double reg_backward_point(const RegParams& p, double g, const T* mu, cons
                                  const double* prec, double* ws, T* g_mu, T* g_l, T* g_z) {
   const int d = p.d, K = p.K;
   const RegWorkspace w_(ws, d, K);
-  const RegState st = reg_state(p, mu, L, z, prec, w_);
+  const RegState st = reg_state(p, mu, L, z, prec, w_, false);
   const double* U = w_.U;
   const double* W = w_.W;
   double* V = w_.V;
@@ -229,21 +279,39 @@ CHY_HD double reg_backward_point(const RegParams& p, double g, const T* mu, cons
       for (int l = 0; l < K; ++l) acc += U[l * d + i] * H[l * K + k];
       V[k * d + i] = acc;
     }
-  // E_k = P (L W_k + mu m_k) - sum_j V_j Q'_jk + V_k
-  for (int k = 0; k < K; ++k) {
-    for (int i = 0; i < d; ++i) {
-      double acc = static_cast<double>(mu[i]) * m[k];
-      for (int j = 0; j <= i; ++j) acc += static_cast<double>(L[i * d + j]) * W[k * d + j];
-      y[i] = acc;
+  // One pass over the rows of L: Y_k[i] = (L W_k)_i + mu_i m_k into E, and row i of
+  // dR/dL = -2 beta ((P L)_i - sum_k V_k[i] W_k) + e_i / L_ii (lower triangle only).
+  const double two_a = 2.0 * p.alpha, two_b = 2.0 * p.beta;
+  const double scale_l = -two_b * g;
+  for (int i = 0; i < d; ++i) {
+    const T* li = L + i * d;
+    for (int k = 0; k < K; ++k) E[k * d + i] = static_cast<double>(mu[i]) * m[k] + reg_dot(i + 1, li, W + k * d);
+    reg_pl_row(d, prec, p.p_iso, L, i, y);
+    for (int k = 0; k < K; ++k) {
+      const double v = V[k * d + i];
+      const double* wk = W + k * d;
+      for (int j = 0; j <= i; ++j) y[j] -= v * wk[j];
     }
-    reg_apply_p(d, prec, p.p_iso, y, E + k * d);
+    T* gi = g_l + i * d;
+    for (int j = 0; j < i; ++j) gi[j] = static_cast<T>(scale_l * y[j]);
+    gi[i] = static_cast<T>(scale_l * y[i] + g / static_cast<double>(li[i]));
+    for (int j = i + 1; j < d; ++j) gi[j] = static_cast<T>(0);
+  }
+  // E_k = P Y_k - sum_j V_j Q'_jk + V_k (P applied in place through y).
+  for (int k = 0; k < K; ++k) {
+    double* ek = E + k * d;
+    if (prec == nullptr) {
+      for (int i = 0; i < d; ++i) ek[i] *= p.p_iso;
+    } else {
+      for (int i = 0; i < d; ++i) y[i] = ek[i];
+      reg_apply_p(d, prec, p.p_iso, y, ek);
+    }
     for (int i = 0; i < d; ++i) {
       double acc = V[k * d + i];
       for (int j = 0; j < K; ++j) acc -= V[j * d + i] * Qp[j * K + k];
-      E[k * d + i] += acc;
+      ek[i] += acc;
     }
   }
-  const double two_a = 2.0 * p.alpha, two_b = 2.0 * p.beta;
   for (int k = 0; k < K; ++k)
     for (int i = 0; i < d; ++i) {
       double eh = 0.0;
@@ -254,16 +322,6 @@ CHY_HD double reg_backward_point(const RegParams& p, double g, const T* mu, cons
     double vm = 0.0;
     for (int k = 0; k < K; ++k) vm += V[k * d + i] * m[k];
     g_mu[i] = static_cast<T>(g * (-two_b * (pmu[i] - vm)));
-  }
-  for (int i = 0; i < d; ++i) {
-    for (int j = 0; j <= i; ++j) {
-      double vw = 0.0;
-      for (int k = 0; k < K; ++k) vw += V[k * d + i] * W[k * d + j];
-      double v = -two_b * (reg_pl(d, prec, p.p_iso, L, i, j) - vw);
-      if (i == j) v += 1.0 / static_cast<double>(L[i * d + i]);
-      g_l[i * d + j] = static_cast<T>(g * v);
-    }
-    for (int j = i + 1; j < d; ++j) g_l[i * d + j] = static_cast<T>(0);
   }
 
   // dR/dnu: explicit through alpha and beta, and through s when Psi = s(nu) Sigma0.
@@ -280,6 +338,99 @@ CHY_HD double reg_backward_point(const RegParams& p, double g, const T* mu, cons
   if (p.ds_dnu != 0.0) {
     const double spread = d - K + tr_h;
     dnu += p.ds_dnu * (-(p.alpha + p.beta) * spread + p.beta * (st.trace - tr_h2q)) / p.s;
+  }
+  return g * (dnu + p.dconst_dnu);
+}
+
+// ---- Fast path: K = 1 and an isotropic prior (P = p I), the paper's setting. ----------------
+// The same R and gradients as the general code above, with U = p z, G = a, H = 1/a folded into
+// scalars and each pass over L doing all its work at once (forward: one pass; backward: two).
+// Workspace: d doubles for w = L^T u.
+
+struct RegIso1Sums {
+  double a, m, ww, ss;  // a = 1 + z^T P z, m = mu^T P z, |w|^2, |L|_F^2
+  double mm;            // |mu|^2
+};
+
+template <typename T>
+CHY_HD RegIso1Sums reg_iso1_sums(int d, double p_iso, const T* mu, const T* L, const T* z, double* w) {
+  double zz = 0.0, mz = 0.0, mm = 0.0;
+  for (int i = 0; i < d; ++i) {
+    const double zi = static_cast<double>(z[i]), mi = static_cast<double>(mu[i]);
+    zz += zi * zi;
+    mz += mi * zi;
+    mm += mi * mi;
+    w[i] = 0.0;
+  }
+  double ss = 0.0;
+  for (int i = 0; i < d; ++i) {
+    const T* li = L + i * d;
+    const double ui = p_iso * static_cast<double>(z[i]);
+    double s = 0.0;
+    for (int j = 0; j <= i; ++j) {
+      const double l = static_cast<double>(li[j]);
+      s += l * l;
+      w[j] += l * ui;
+    }
+    ss += s;
+  }
+  double ww = 0.0;
+  for (int j = 0; j < d; ++j) ww += w[j] * w[j];
+  RegIso1Sums r;
+  r.a = 1.0 + p_iso * zz;
+  r.m = p_iso * mz;
+  r.ww = ww;
+  r.ss = ss;
+  r.mm = mm;
+  return r;
+}
+
+// T = tr(M Psi'^-1) from the sums (SPEC 1.3).
+CHY_HD double reg_iso1_trace(int d, double p_iso, const RegIso1Sums& r) {
+  const double q = r.ww + r.m * r.m + (r.a - 1.0);
+  return p_iso * r.ss + p_iso * r.mm + d - q / r.a;
+}
+
+template <typename T>
+CHY_HD double reg_forward_point_iso1(const RegParams& p, const T* mu, const T* L, const T* z, double* w) {
+  const RegIso1Sums r = reg_iso1_sums(p.d, p.p_iso, mu, L, z, w);
+  return -p.alpha * (p.log_det_psi + log(r.a)) - p.beta * reg_iso1_trace(p.d, p.p_iso, r) +
+         reg_sum_log_diag(p.d, L) + p.constant;
+}
+
+template <typename T>
+CHY_HD double reg_backward_point_iso1(const RegParams& p, double g, const T* mu, const T* L, const T* z,
+                                      double* w, T* g_mu, T* g_l, T* g_z) {
+  const int d = p.d;
+  const double pi = p.p_iso;
+  const RegIso1Sums r = reg_iso1_sums(d, pi, mu, L, z, w);
+  const double inv_a = 1.0 / r.a;
+  const double two_a = 2.0 * p.alpha, two_b = 2.0 * p.beta;
+  const double scale_l = -two_b * g;
+  const double qp = r.ww + r.m * r.m;  // Q'
+  // Row i: y_i = (L w)_i + mu_i m feeds dR/dz; dR/dL_i = -2 beta (p L_i - V_i w) + e_i / L_ii.
+  for (int i = 0; i < d; ++i) {
+    const T* li = L + i * d;
+    T* gi = g_l + i * d;
+    const double vi = pi * static_cast<double>(z[i]) * inv_a;  // V = u / a
+    double y = 0.0;
+    for (int j = 0; j <= i; ++j) {
+      const double l = static_cast<double>(li[j]);
+      y += l * w[j];
+      gi[j] = static_cast<T>(scale_l * (pi * l - vi * w[j]));
+    }
+    gi[i] = static_cast<T>(static_cast<double>(gi[i]) + g / static_cast<double>(li[i]));
+    for (int j = i + 1; j < d; ++j) gi[j] = static_cast<T>(0);
+    y += static_cast<double>(mu[i]) * r.m;
+    const double e = pi * y + vi * (1.0 - qp);  // E = P Y - V Q' + V
+    g_z[i] = static_cast<T>(g * (-two_a * vi + two_b * e * inv_a));
+    g_mu[i] = static_cast<T>(g * (-two_b * (pi * static_cast<double>(mu[i]) - vi * r.m)));
+  }
+  double dnu = -0.5 * (p.log_det_psi + log(r.a)) - 0.5 * reg_iso1_trace(d, pi, r);
+  if (p.ds_dnu != 0.0) {
+    const double trace = reg_iso1_trace(d, pi, r);
+    const double tr_h2q = (qp + r.a - 1.0) * inv_a * inv_a;
+    dnu += p.ds_dnu * (-(p.alpha + p.beta) * (d - 1 + inv_a) + p.beta * (trace - tr_h2q)) / p.s;
   }
   return g * (dnu + p.dconst_dnu);
 }

@@ -111,7 +111,8 @@ def op_args(**override):
 @pytest.mark.parametrize(("override", "match"), [
     ({"mu": torch.zeros(4, dtype=torch.float64)}, r"mu must have shape \(N, d\)"),
     ({"L": torch.zeros(4, 3, 2, dtype=torch.float64)}, r"L must have shape \(4, 3, 3\)"),
-    ({"z": torch.zeros(4, 3, dtype=torch.float64)}, r"z must have shape \(4, K, 3\)"),
+    ({"z": torch.zeros(4, 2, dtype=torch.float64)}, r"z must have shape \(4, 3\) or \(4, K, 3\) with K >= 1, got \[4, 2\]"),
+    ({"z": torch.zeros(4, 0, 3, dtype=torch.float64)}, r"z must have shape .* with K >= 1, got \[4, 0, 3\]"),
     ({"z": torch.zeros(4, 2, 3)}, r"mu, L and z must share a dtype"),
     ({"mu": torch.zeros(4, 3, dtype=torch.float16)}, r"mu must be float32 or float64"),
     ({"nu": torch.tensor(2.0, dtype=torch.float64)}, r"nu must be finite and > d - 1 = 2, got 2"),

@@ -24,8 +24,12 @@ __global__ void regularizer_forward_kernel(RegParams p, int64_t n, const T* __re
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const int64_t d = p.d, kd = static_cast<int64_t>(p.K) * p.d;
-  out[i] = static_cast<T>(
-      reg_forward_point(p, mu + i * d, L + i * d * d, z + i * kd, prec, ws + i * ws_size));
+  double* w = ws + i * ws_size;
+  if (prec == nullptr && p.K == 1) {
+    out[i] = static_cast<T>(reg_forward_point_iso1(p, mu + i * d, L + i * d * d, z + i * d, w));
+  } else {
+    out[i] = static_cast<T>(reg_forward_point(p, mu + i * d, L + i * d * d, z + i * kd, prec, w));
+  }
 }
 
 template <typename T>
@@ -38,8 +42,14 @@ __global__ void regularizer_backward_kernel(RegParams p, int64_t n, const double
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const int64_t d = p.d, kd = static_cast<int64_t>(p.K) * p.d;
-  g_nu[i] = reg_backward_point(p, grad[i], mu + i * d, L + i * d * d, z + i * kd, prec,
-                               ws + i * ws_size, g_mu + i * d, g_l + i * d * d, g_z + i * kd);
+  double* w = ws + i * ws_size;
+  if (prec == nullptr && p.K == 1) {
+    g_nu[i] = reg_backward_point_iso1(p, grad[i], mu + i * d, L + i * d * d, z + i * d, w, g_mu + i * d,
+                                      g_l + i * d * d, g_z + i * d);
+  } else {
+    g_nu[i] = reg_backward_point(p, grad[i], mu + i * d, L + i * d * d, z + i * kd, prec, w, g_mu + i * d,
+                                 g_l + i * d * d, g_z + i * kd);
+  }
 }
 
 unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
@@ -48,7 +58,7 @@ at::Tensor regularizer_cuda(const at::Tensor& mu_in, const at::Tensor& L_in, con
                             const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec,
                             double prior_scale, double prior_logdet, bool constants) {
   const PreparedCall call =
-      prepare_regularizer(mu_in, L_in, z_in, nu, prior_prec, prior_scale, prior_logdet, constants);
+      prepare_regularizer(mu_in, L_in, z_in, nu, prior_prec, prior_scale, prior_logdet, constants, false);
   const c10::cuda::CUDAGuard guard(mu_in.device());
   const at::Tensor mu = mu_in.contiguous(), L = L_in.contiguous(), z = z_in.contiguous();
   const int64_t n = mu.size(0);
@@ -73,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_
     const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec, double prior_scale,
     double prior_logdet, bool constants) {
   const PreparedCall call =
-      prepare_regularizer(mu_in, L_in, z_in, nu, prior_prec, prior_scale, prior_logdet, constants);
+      prepare_regularizer(mu_in, L_in, z_in, nu, prior_prec, prior_scale, prior_logdet, constants, true);
   const int64_t n = mu_in.size(0);
   TORCH_CHECK_VALUE(grad_in.dim() == 1 && grad_in.size(0) == n && grad_in.device() == mu_in.device(),
                     "chyvae_ext: grad must have shape (", n, ") on ", mu_in.device(), ", got ",
