@@ -56,7 +56,7 @@ class RegularizerFunction : public torch::autograd::Function<RegularizerFunction
     const std::optional<at::Tensor> prior_prec =
         saved[4].defined() ? std::optional<at::Tensor>(saved[4]) : std::nullopt;
     auto [g_mu, g_l, g_z, g_nu] =
-        call_backward(grads[0].contiguous(), mu, L, z, nu, prior_prec, ctx->saved_data["prior_scale"].toDouble(),
+        call_backward(grads[0], mu, L, z, nu, prior_prec, ctx->saved_data["prior_scale"].toDouble(),
                       ctx->saved_data["prior_logdet"].toDouble(), ctx->saved_data["constants"].toBool());
     at::Tensor grad_nu;
     if (ctx->needs_input_grad(3)) grad_nu = g_nu.sum().to(nu.device(), nu.scalar_type());

@@ -91,8 +91,8 @@ PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, cons
     const double dd = static_cast<double>(d);
     if (!backward) {
       p.constant = 0.5 * nu_v * p.log_det_psi + 0.5 * nup * dd + 0.5 * dd + 0.5 * dd * std::log(2.0) +
-                   mv_lgamma(0.5 * nup, di) - mv_lgamma(0.5 * nu_v, di) +
-                   0.5 * (1.0 - static_cast<double>(k)) * mv_digamma(0.5 * nup, di);
+                   mv_lgamma(0.5 * nup, di) - mv_lgamma(0.5 * nu_v, di);
+      if (k != 1) p.constant += 0.5 * (1.0 - static_cast<double>(k)) * mv_digamma(0.5 * nup, di);
     } else {
       p.dconst_dnu = 0.5 * p.log_det_psi + 0.5 * dd + 0.5 * mv_digamma(0.5 * nup, di) -
                      0.5 * mv_digamma(0.5 * nu_v, di) + p.ds_dnu * nu_v * dd / (2.0 * p.s);

@@ -42,18 +42,19 @@ CHY_HD void forward_chunk(const RegParams& p, int64_t begin, int64_t end, const 
 }
 
 template <typename T>
-CHY_HD void backward_chunk(const RegParams& p, int64_t begin, int64_t end, const double* grad, const T* mu, const T* L,
-                    const T* z, const double* prec, T* g_mu, T* g_l, T* g_z, double* g_nu) {
+CHY_HD void backward_chunk(const RegParams& p, int64_t begin, int64_t end, const T* grad, int64_t grad_stride,
+                           const T* mu, const T* L, const T* z, const double* prec, T* g_mu, T* g_l, T* g_z,
+                           double* g_nu) {
   std::vector<double> ws(reg_workspace_size(p.d, p.K));
   const int64_t d = p.d, kd = static_cast<int64_t>(p.K) * p.d;
   if (prec == nullptr && p.K == 1) {
     for (int64_t i = begin; i < end; ++i)
-      g_nu[i] = reg_backward_point_iso1(p, grad[i], mu + i * d, L + i * d * d, z + i * d, ws.data(), g_mu + i * d,
+      g_nu[i] = reg_backward_point_iso1(p, static_cast<double>(grad[i * grad_stride]), mu + i * d, L + i * d * d, z + i * d, ws.data(), g_mu + i * d,
                                         g_l + i * d * d, g_z + i * d);
     return;
   }
   for (int64_t i = begin; i < end; ++i)
-    g_nu[i] = reg_backward_point(p, grad[i], mu + i * d, L + i * d * d, z + i * kd, prec, ws.data(), g_mu + i * d,
+    g_nu[i] = reg_backward_point(p, static_cast<double>(grad[i * grad_stride]), mu + i * d, L + i * d * d, z + i * kd, prec, ws.data(), g_mu + i * d,
                                  g_l + i * d * d, g_z + i * kd);
 }
 
@@ -63,10 +64,10 @@ CHY_HD void backward_chunk(const RegParams& p, int64_t begin, int64_t end, const
                                        const T* z, const double* prec, T* out) {                              \
     forward_chunk<T>(p, b, e, mu, L, z, prec, out);                                                            \
   }                                                                                                            \
-  CHY_CPU_CLONES void backward_##SUFFIX(const RegParams& p, int64_t b, int64_t e, const double* grad,          \
+  CHY_CPU_CLONES void backward_##SUFFIX(const RegParams& p, int64_t b, int64_t e, const T* grad, int64_t gs,    \
                                         const T* mu, const T* L, const T* z, const double* prec, T* g_mu,      \
                                         T* g_l, T* g_z, double* g_nu) {                                        \
-    backward_chunk<T>(p, b, e, grad, mu, L, z, prec, g_mu, g_l, g_z, g_nu);                                    \
+    backward_chunk<T>(p, b, e, grad, gs, mu, L, z, prec, g_mu, g_l, g_z, g_nu);                                \
   }
 CHY_DEFINE_CHUNKS(float, f32)
 CHY_DEFINE_CHUNKS(double, f64)
@@ -80,13 +81,15 @@ void forward_any(const RegParams& p, int64_t b, int64_t e, const double* mu, con
                  const double* prec, double* out) {
   forward_f64(p, b, e, mu, L, z, prec, out);
 }
-void backward_any(const RegParams& p, int64_t b, int64_t e, const double* grad, const float* mu, const float* L,
-                  const float* z, const double* prec, float* g_mu, float* g_l, float* g_z, double* g_nu) {
-  backward_f32(p, b, e, grad, mu, L, z, prec, g_mu, g_l, g_z, g_nu);
+void backward_any(const RegParams& p, int64_t b, int64_t e, const float* grad, int64_t gs, const float* mu,
+                  const float* L, const float* z, const double* prec, float* g_mu, float* g_l, float* g_z,
+                  double* g_nu) {
+  backward_f32(p, b, e, grad, gs, mu, L, z, prec, g_mu, g_l, g_z, g_nu);
 }
-void backward_any(const RegParams& p, int64_t b, int64_t e, const double* grad, const double* mu, const double* L,
-                  const double* z, const double* prec, double* g_mu, double* g_l, double* g_z, double* g_nu) {
-  backward_f64(p, b, e, grad, mu, L, z, prec, g_mu, g_l, g_z, g_nu);
+void backward_any(const RegParams& p, int64_t b, int64_t e, const double* grad, int64_t gs, const double* mu,
+                  const double* L, const double* z, const double* prec, double* g_mu, double* g_l, double* g_z,
+                  double* g_nu) {
+  backward_f64(p, b, e, grad, gs, mu, L, z, prec, g_mu, g_l, g_z, g_nu);
 }
 
 at::Tensor regularizer_cpu(const at::Tensor& mu_in, const at::Tensor& L_in, const at::Tensor& z_in,
@@ -123,7 +126,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_
   TORCH_CHECK_VALUE(grad_in.dim() == 1 && grad_in.size(0) == n,
                     "chyvae_ext: grad must have shape (", n, "), got ", grad_in.sizes());
   const at::Tensor mu = mu_in.contiguous(), L = L_in.contiguous(), z = z_in.contiguous();
-  const at::Tensor grad = grad_in.to(at::kDouble).contiguous();
+  // Read grad in place, strided: autograd usually hands over an expanded (stride-0) tensor.
+  const at::Tensor grad = grad_in.to(mu.scalar_type());
   at::Tensor g_mu = at::empty_like(mu), g_l = at::empty_like(L), g_z = at::empty_like(z);
   at::Tensor g_nu = at::empty({n}, mu.options().dtype(at::kDouble));
   if (n == 0) return {g_mu, g_l, g_z, g_nu};
@@ -132,13 +136,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_
     const scalar_t* mu_p = mu.const_data_ptr<scalar_t>();
     const scalar_t* l_p = L.const_data_ptr<scalar_t>();
     const scalar_t* z_p = z.const_data_ptr<scalar_t>();
-    const double* g_p = grad.const_data_ptr<double>();
+    const scalar_t* g_p = grad.const_data_ptr<scalar_t>();
+    const int64_t g_stride = grad.stride(0);
     scalar_t* gmu_p = g_mu.mutable_data_ptr<scalar_t>();
     scalar_t* gl_p = g_l.mutable_data_ptr<scalar_t>();
     scalar_t* gz_p = g_z.mutable_data_ptr<scalar_t>();
     double* gnu_p = g_nu.mutable_data_ptr<double>();
     at::parallel_for(0, n, grain_for(p.d, p.K), [&](int64_t begin, int64_t end) {
-      backward_any(p, begin, end, g_p, mu_p, l_p, z_p, prec, gmu_p, gl_p, gz_p, gnu_p);
+      backward_any(p, begin, end, g_p, g_stride, mu_p, l_p, z_p, prec, gmu_p, gl_p, gz_p, gnu_p);
     });
   });
   return {g_mu, g_l, g_z, g_nu};

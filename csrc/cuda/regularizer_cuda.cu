@@ -33,7 +33,7 @@ __global__ void regularizer_forward_kernel(RegParams p, int64_t n, const T* __re
 }
 
 template <typename T>
-__global__ void regularizer_backward_kernel(RegParams p, int64_t n, const double* __restrict__ grad,
+__global__ void regularizer_backward_kernel(RegParams p, int64_t n, const T* __restrict__ grad, int64_t grad_stride,
                                             const T* __restrict__ mu, const T* __restrict__ L,
                                             const T* __restrict__ z, const double* __restrict__ prec,
                                             double* __restrict__ ws, int64_t ws_size, T* __restrict__ g_mu,
@@ -44,10 +44,10 @@ __global__ void regularizer_backward_kernel(RegParams p, int64_t n, const double
   const int64_t d = p.d, kd = static_cast<int64_t>(p.K) * p.d;
   double* w = ws + i * ws_size;
   if (prec == nullptr && p.K == 1) {
-    g_nu[i] = reg_backward_point_iso1(p, grad[i], mu + i * d, L + i * d * d, z + i * d, w, g_mu + i * d,
+    g_nu[i] = reg_backward_point_iso1(p, static_cast<double>(grad[i * grad_stride]), mu + i * d, L + i * d * d, z + i * d, w, g_mu + i * d,
                                       g_l + i * d * d, g_z + i * d);
   } else {
-    g_nu[i] = reg_backward_point(p, grad[i], mu + i * d, L + i * d * d, z + i * kd, prec, w, g_mu + i * d,
+    g_nu[i] = reg_backward_point(p, static_cast<double>(grad[i * grad_stride]), mu + i * d, L + i * d * d, z + i * kd, prec, w, g_mu + i * d,
                                  g_l + i * d * d, g_z + i * kd);
   }
 }
@@ -90,7 +90,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_
                     grad_in.sizes(), " on ", grad_in.device());
   const c10::cuda::CUDAGuard guard(mu_in.device());
   const at::Tensor mu = mu_in.contiguous(), L = L_in.contiguous(), z = z_in.contiguous();
-  const at::Tensor grad = grad_in.to(at::kDouble).contiguous();
+  // Read grad in place, strided: autograd usually hands over an expanded (stride-0) tensor.
+  const at::Tensor grad = grad_in.to(mu.scalar_type());
   at::Tensor g_mu = at::empty_like(mu), g_l = at::empty_like(L), g_z = at::empty_like(z);
   at::Tensor g_nu = at::empty({n}, mu.options().dtype(at::kDouble));
   if (n == 0) return {g_mu, g_l, g_z, g_nu};
@@ -100,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "regularizer_backward_cuda", [&] {
     regularizer_backward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        call.params, n, grad.const_data_ptr<double>(), mu.const_data_ptr<scalar_t>(),
+        call.params, n, grad.const_data_ptr<scalar_t>(), grad.stride(0), mu.const_data_ptr<scalar_t>(),
         L.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), prec,
         ws.mutable_data_ptr<double>(), ws_size, g_mu.mutable_data_ptr<scalar_t>(),
         g_l.mutable_data_ptr<scalar_t>(), g_z.mutable_data_ptr<scalar_t>(),
