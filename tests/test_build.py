@@ -1,6 +1,7 @@
 """build_info, the load-time compatibility checks and the fused/reference choice."""
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,3 +68,14 @@ def test_loading_under_another_torch_is_refused(monkeypatch):
     monkeypatch.setattr(torch, "__version__", "9.9.9")
     with pytest.raises(ImportError, match=r"built against torch .* but torch 9.9.9 is installed"):
         load_extension()
+
+
+def test_readme_example_runs():
+    """The README's Python example is code that runs, not prose."""
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), flags=re.S)
+    assert blocks, "README.md has no python example"
+    namespace = {}
+    exec(compile(blocks[0], "README.md", "exec"), namespace)
+    assert namespace["R"].shape == (64,)
+    assert namespace["mu"].grad is not None and namespace["L"].grad is not None
