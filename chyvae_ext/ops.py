@@ -16,8 +16,15 @@ def _regularizer_fake(mu, L, z, nu, prior_prec, prior_scale, prior_logdet, const
     return mu.new_empty((mu.shape[0],))
 
 
+@torch.library.register_fake("chyvae_ext::regularizer_forward")
+def _regularizer_forward_fake(mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants):
+    fast_path = prior_prec is None and (z.dim() == 2 or z.shape[1] == 1)  # K = 1, isotropic
+    saved = mu.new_empty((mu.shape[0], mu.shape[1] + 5 if fast_path else 0), dtype=torch.float64)
+    return mu.new_empty((mu.shape[0],)), saved
+
+
 @torch.library.register_fake("chyvae_ext::regularizer_backward")
-def _regularizer_backward_fake(grad, mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants):
+def _regularizer_backward_fake(grad, mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants, saved=None):
     return (
         mu.new_empty(mu.shape),
         L.new_empty(L.shape),

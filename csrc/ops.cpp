@@ -9,9 +9,14 @@ TORCH_LIBRARY(chyvae_ext, m) {
   m.def(
       "regularizer(Tensor mu, Tensor L, Tensor z, Tensor nu, Tensor? prior_prec, float prior_scale, "
       "float prior_logdet, bool constants) -> Tensor");
-  // grad (N,) of R; returns grad_out * dR/d(mu, L, z) and the per-datapoint grad_out * dR/dnu (N,)
-  // in float64, summed by the caller.
+  // The same R, plus what the backward can reuse: float64 (N, d + 5) on the K = 1 isotropic fast
+  // path (w = L^T u and five sums), (N, 0) otherwise. Autograd calls this one when it records.
+  m.def(
+      "regularizer_forward(Tensor mu, Tensor L, Tensor z, Tensor nu, Tensor? prior_prec, float prior_scale, "
+      "float prior_logdet, bool constants) -> (Tensor, Tensor)");
+  // grad (N,) of R; returns grad * dR/d(mu, L, z) and the per-datapoint grad * dR/dnu (N,) in float64,
+  // summed by the caller. saved: the second output of regularizer_forward, or None to recompute it.
   m.def(
       "regularizer_backward(Tensor grad, Tensor mu, Tensor L, Tensor z, Tensor nu, Tensor? prior_prec, "
-      "float prior_scale, float prior_logdet, bool constants) -> (Tensor, Tensor, Tensor, Tensor)");
+      "float prior_scale, float prior_logdet, bool constants, Tensor? saved=None) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -102,4 +102,14 @@ PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, cons
   return out;
 }
 
+void check_saved(const PreparedCall& call, const at::Tensor& mu, const std::optional<at::Tensor>& saved) {
+  if (!saved.has_value()) return;
+  const at::Tensor& s = *saved;
+  TORCH_CHECK_VALUE(s.dim() == 2 && s.size(0) == mu.size(0) && s.size(1) == saved_size(call) &&
+                        s.scalar_type() == at::kDouble && s.device() == mu.device() && s.is_contiguous(),
+                    "chyvae_ext: saved must be the contiguous float64 (", mu.size(0), ", ", saved_size(call),
+                    ") tensor from regularizer_forward on ", mu.device(), ", got ", s.sizes(), " ",
+                    s.scalar_type(), " on ", s.device());
+}
+
 }  // namespace chyvae_ext

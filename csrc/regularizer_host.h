@@ -22,4 +22,14 @@ PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, cons
                                  const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec,
                                  double prior_scale, double prior_logdet, bool constants, bool backward);
 
+// Whether a call runs the K = 1 isotropic fast path, and the per-datapoint size of what its
+// forward saves for the backward (0 on the general path).
+inline bool uses_iso1(const PreparedCall& call) { return !call.prec.defined() && call.params.K == 1; }
+inline int64_t saved_size(const PreparedCall& call) {
+  return uses_iso1(call) ? reg_iso1_saved_size(call.params.d) : 0;
+}
+
+// Checks `saved` against what regularizer_forward returns for these inputs.
+void check_saved(const PreparedCall& call, const at::Tensor& mu, const std::optional<at::Tensor>& saved);
+
 }  // namespace chyvae_ext

@@ -344,16 +344,21 @@ CHY_HD double reg_backward_point(const RegParams& p, double g, const T* mu, cons
 
 // ---- Fast path: K = 1 and an isotropic prior (P = p I), the paper's setting. ----------------
 // The same R and gradients as the general code above, with U = p z, G = a, H = 1/a folded into
-// scalars and each pass over L doing all its work at once (forward: one pass; backward: two).
-// Workspace: d doubles for w = L^T u.
+// scalars and each pass over L doing all its work at once. The forward leaves w = L^T u and five
+// sums in `saved` (reg_iso1_saved_size doubles); a backward given them makes one pass over L
+// instead of two.
+
+CHY_HD int64_t reg_iso1_saved_size(int d) { return static_cast<int64_t>(d) + 5; }
 
 struct RegIso1Sums {
   double a, m, ww, ss;  // a = 1 + z^T P z, m = mu^T P z, |w|^2, |L|_F^2
   double mm;            // |mu|^2
 };
 
+// Computes w into saved[0..d) and the sums into saved[d..d+5).
 template <typename T>
-CHY_HD RegIso1Sums reg_iso1_sums(int d, double p_iso, const T* mu, const T* L, const T* z, double* w) {
+CHY_HD RegIso1Sums reg_iso1_sums(int d, double p_iso, const T* mu, const T* L, const T* z, double* saved) {
+  double* w = saved;
   double zz = 0.0, mz = 0.0, mm = 0.0;
   for (int i = 0; i < d; ++i) {
     const double zi = static_cast<double>(z[i]), mi = static_cast<double>(mu[i]);
@@ -382,6 +387,21 @@ CHY_HD RegIso1Sums reg_iso1_sums(int d, double p_iso, const T* mu, const T* L, c
   r.ww = ww;
   r.ss = ss;
   r.mm = mm;
+  saved[d] = r.a;
+  saved[d + 1] = r.m;
+  saved[d + 2] = r.ww;
+  saved[d + 3] = r.ss;
+  saved[d + 4] = r.mm;
+  return r;
+}
+
+CHY_HD RegIso1Sums reg_iso1_load(int d, const double* saved) {
+  RegIso1Sums r;
+  r.a = saved[d];
+  r.m = saved[d + 1];
+  r.ww = saved[d + 2];
+  r.ss = saved[d + 3];
+  r.mm = saved[d + 4];
   return r;
 }
 
@@ -391,19 +411,23 @@ CHY_HD double reg_iso1_trace(int d, double p_iso, const RegIso1Sums& r) {
   return p_iso * r.ss + p_iso * r.mm + d - q / r.a;
 }
 
+// `saved`: reg_iso1_saved_size(d) doubles, filled for the backward.
 template <typename T>
-CHY_HD double reg_forward_point_iso1(const RegParams& p, const T* mu, const T* L, const T* z, double* w) {
-  const RegIso1Sums r = reg_iso1_sums(p.d, p.p_iso, mu, L, z, w);
+CHY_HD double reg_forward_point_iso1(const RegParams& p, const T* mu, const T* L, const T* z, double* saved) {
+  const RegIso1Sums r = reg_iso1_sums(p.d, p.p_iso, mu, L, z, saved);
   return -p.alpha * (p.log_det_psi + log(r.a)) - p.beta * reg_iso1_trace(p.d, p.p_iso, r) +
          reg_sum_log_diag(p.d, L) + p.constant;
 }
 
+// `saved`: what the forward left for this datapoint, or nullptr to recompute it into `ws`
+// (reg_iso1_saved_size(d) doubles).
 template <typename T>
 CHY_HD double reg_backward_point_iso1(const RegParams& p, double g, const T* mu, const T* L, const T* z,
-                                      double* w, T* g_mu, T* g_l, T* g_z) {
+                                      const double* saved, double* ws, T* g_mu, T* g_l, T* g_z) {
   const int d = p.d;
   const double pi = p.p_iso;
-  const RegIso1Sums r = reg_iso1_sums(d, pi, mu, L, z, w);
+  const RegIso1Sums r = saved != nullptr ? reg_iso1_load(d, saved) : reg_iso1_sums(d, pi, mu, L, z, ws);
+  const double* w = saved != nullptr ? saved : ws;
   const double inv_a = 1.0 / r.a;
   const double two_a = 2.0 * p.alpha, two_b = 2.0 * p.beta;
   const double scale_l = -two_b * g;
@@ -426,9 +450,9 @@ CHY_HD double reg_backward_point_iso1(const RegParams& p, double g, const T* mu,
     g_z[i] = static_cast<T>(g * (-two_a * vi + two_b * e * inv_a));
     g_mu[i] = static_cast<T>(g * (-two_b * (pi * static_cast<double>(mu[i]) - vi * r.m)));
   }
-  double dnu = -0.5 * (p.log_det_psi + log(r.a)) - 0.5 * reg_iso1_trace(d, pi, r);
+  const double trace = reg_iso1_trace(d, pi, r);
+  double dnu = -0.5 * (p.log_det_psi + log(r.a)) - 0.5 * trace;
   if (p.ds_dnu != 0.0) {
-    const double trace = reg_iso1_trace(d, pi, r);
     const double tr_h2q = (qp + r.a - 1.0) * inv_a * inv_a;
     dnu += p.ds_dnu * (-(p.alpha + p.beta) * (d - 1 + inv_a) + p.beta * (trace - tr_h2q)) / p.s;
   }

@@ -127,8 +127,22 @@ def test_compiled_op_checks(override, match):
 
 def test_compiled_backward_checks_grad_shape():
     args = op_args()
-    with pytest.raises(ValueError, match=r"grad must have shape \(4\)"):
+    with pytest.raises(ValueError, match=r"grad must be a floating \(4\) tensor, got \[3\]"):
         torch.ops.chyvae_ext.regularizer_backward(torch.zeros(3, dtype=torch.float64), **args)
+    with pytest.raises(ValueError, match=r"grad must be a floating \(4\) tensor, got \[4\] Long"):
+        torch.ops.chyvae_ext.regularizer_backward(torch.zeros(4, dtype=torch.int64), **args)
+
+
+@pytest.mark.parametrize("saved", [
+    torch.zeros(4, 7, dtype=torch.float64),             # the K = 1 isotropic path saves (N, d + 5)
+    torch.zeros(4, 8, 2, dtype=torch.float64)[..., 0],  # right shape, not contiguous
+    torch.zeros(4, 8),                                  # float32
+])
+def test_compiled_backward_checks_saved(saved):
+    mu, L, z = make_inputs(4, 3, 1)
+    args = op_args(z=z[:, 0])
+    with pytest.raises(ValueError, match=r"saved must be the contiguous float64 \(4, 8\) tensor from regularizer_forward"):
+        torch.ops.chyvae_ext.regularizer_backward(torch.ones(4, dtype=torch.float64), **args, saved=saved)
 
 
 def test_full_prior_is_used_not_ignored(good):

@@ -55,6 +55,12 @@ def test_cuda_empty_batch_and_noncontiguous():
 def test_cuda_opcheck():
     mu, L, z = (t.cuda() for t in make_inputs(8, 5, 2, dtype=torch.float32))
     nu = torch.tensor(9.0, dtype=torch.float64)
-    torch.library.opcheck(torch.ops.chyvae_ext.regularizer, (mu, L, z, nu, None, 1.0, 0.0, True))
-    grad = torch.randn(8, device="cuda")
-    torch.library.opcheck(torch.ops.chyvae_ext.regularizer_backward, (grad, mu, L, z, nu, None, 1.0, 0.0, True))
+    ops = torch.ops.chyvae_ext
+    for z_in in (z, z[:, :1]):  # K = 2 (general path) and K = 1 (fast path, with saved state)
+        args = (mu, L, z_in, nu, None, 1.0, 0.0, True)
+        torch.library.opcheck(ops.regularizer, args)
+        torch.library.opcheck(ops.regularizer_forward, args)
+        _, saved = ops.regularizer_forward(*args)
+        grad = torch.randn(8, device="cuda")
+        torch.library.opcheck(ops.regularizer_backward, (grad, *args))
+        torch.library.opcheck(ops.regularizer_backward, (grad, *args, saved))

@@ -218,13 +218,34 @@ def test_opcheck_forward_and_backward():
             nu = torch.tensor(9.0, dtype=torch.float64)
             args = (mu, L, z, nu, *prior_args, True)
             torch.library.opcheck(ops.regularizer, args)
-            grad_args = tuple(t.requires_grad_() if t.is_floating_point() and t.dim() > 0 else t
-                              for t in (mu.clone(), L.clone(), z.clone()))
+            torch.library.opcheck(ops.regularizer_forward, args)
+            grad_args = tuple(t.clone().requires_grad_() for t in (mu, L, z))
             torch.library.opcheck(ops.regularizer, (*grad_args, nu, *prior_args, True))
+            _, saved = ops.regularizer_forward(*args)
             grad = torch.randn(5, dtype=dtype)
-            torch.library.opcheck(ops.regularizer_backward, (grad, mu, L, z, nu, *prior_args, True))
+            torch.library.opcheck(ops.regularizer_backward, (grad, *args))
+            torch.library.opcheck(ops.regularizer_backward, (grad, *args, saved))
             mu0, L0, z0 = make_inputs(0, 4, k, dtype=dtype)
             torch.library.opcheck(ops.regularizer_backward, (grad[:0], mu0, L0, z0, nu, *prior_args, False))
+
+
+@pytest.mark.parametrize("z_rank", [2, 3])
+def test_backward_with_and_without_saved_state_agree(z_rank):
+    """The fast path's backward reuses w = L^T u from the forward; recomputing it gives the same."""
+    ops = torch.ops.chyvae_ext
+    mu, L, z = make_inputs(40, 7, 1, seed=21)
+    z = z[:, 0] if z_rank == 2 else z
+    nu = torch.tensor(15.0, dtype=torch.float64)
+    out, saved = ops.regularizer_forward(mu, L, z, nu, None, 1.0, 0.0, True)
+    assert saved.shape == (40, 7 + 5) and saved.dtype == torch.float64
+    assert torch.equal(out, ops.regularizer(mu, L, z, nu, None, 1.0, 0.0, True))
+    grad = torch.randn(40, dtype=torch.float64).expand(3, 40)[1]  # strided, like autograd's
+    with_saved = ops.regularizer_backward(grad, mu, L, z, nu, None, 1.0, 0.0, True, saved)
+    recomputed = ops.regularizer_backward(grad.contiguous(), mu, L, z, nu, None, 1.0, 0.0, True)
+    for a, b in zip(with_saved, recomputed, strict=True):
+        assert torch.allclose(a, b, rtol=1e-13, atol=1e-13)
+    _, general = ops.regularizer_forward(mu, L, z, nu, torch.eye(7, dtype=torch.float64), 1.0, 0.0, True)
+    assert general.shape == (40, 0)
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])

@@ -29,12 +29,15 @@ int64_t grain_for(int64_t d, int64_t k) { return std::max<int64_t>(1, 65536 / (d
 
 template <typename T>
 CHY_HD void forward_chunk(const RegParams& p, int64_t begin, int64_t end, const T* mu, const T* L, const T* z,
-                   const double* prec, T* out) {
+                          const double* prec, T* out, double* saved) {
   std::vector<double> ws(reg_workspace_size(p.d, p.K));
   const int64_t d = p.d, kd = static_cast<int64_t>(p.K) * p.d;
   if (prec == nullptr && p.K == 1) {
-    for (int64_t i = begin; i < end; ++i)
-      out[i] = static_cast<T>(reg_forward_point_iso1(p, mu + i * d, L + i * d * d, z + i * d, ws.data()));
+    const int64_t ss = reg_iso1_saved_size(p.d);
+    for (int64_t i = begin; i < end; ++i) {
+      double* si = saved != nullptr ? saved + i * ss : ws.data();
+      out[i] = static_cast<T>(reg_forward_point_iso1(p, mu + i * d, L + i * d * d, z + i * d, si));
+    }
     return;
   }
   for (int64_t i = begin; i < end; ++i)
@@ -43,88 +46,89 @@ CHY_HD void forward_chunk(const RegParams& p, int64_t begin, int64_t end, const 
 
 template <typename T>
 CHY_HD void backward_chunk(const RegParams& p, int64_t begin, int64_t end, const T* grad, int64_t grad_stride,
-                           const T* mu, const T* L, const T* z, const double* prec, T* g_mu, T* g_l, T* g_z,
-                           double* g_nu) {
+                           const T* mu, const T* L, const T* z, const double* prec, const double* saved, T* g_mu,
+                           T* g_l, T* g_z, double* g_nu) {
   std::vector<double> ws(reg_workspace_size(p.d, p.K));
   const int64_t d = p.d, kd = static_cast<int64_t>(p.K) * p.d;
   if (prec == nullptr && p.K == 1) {
+    const int64_t ss = reg_iso1_saved_size(p.d);
     for (int64_t i = begin; i < end; ++i)
-      g_nu[i] = reg_backward_point_iso1(p, static_cast<double>(grad[i * grad_stride]), mu + i * d, L + i * d * d, z + i * d, ws.data(), g_mu + i * d,
-                                        g_l + i * d * d, g_z + i * d);
+      g_nu[i] = reg_backward_point_iso1(p, static_cast<double>(grad[i * grad_stride]), mu + i * d, L + i * d * d,
+                                        z + i * d, saved != nullptr ? saved + i * ss : nullptr, ws.data(),
+                                        g_mu + i * d, g_l + i * d * d, g_z + i * d);
     return;
   }
   for (int64_t i = begin; i < end; ++i)
-    g_nu[i] = reg_backward_point(p, static_cast<double>(grad[i * grad_stride]), mu + i * d, L + i * d * d, z + i * kd, prec, ws.data(), g_mu + i * d,
-                                 g_l + i * d * d, g_z + i * kd);
+    g_nu[i] = reg_backward_point(p, static_cast<double>(grad[i * grad_stride]), mu + i * d, L + i * d * d,
+                                 z + i * kd, prec, ws.data(), g_mu + i * d, g_l + i * d * d, g_z + i * kd);
 }
 
 // Non-template entry points, one per dtype, so that target_clones can version them.
-#define CHY_DEFINE_CHUNKS(T, SUFFIX)                                                                           \
-  CHY_CPU_CLONES void forward_##SUFFIX(const RegParams& p, int64_t b, int64_t e, const T* mu, const T* L,      \
-                                       const T* z, const double* prec, T* out) {                              \
-    forward_chunk<T>(p, b, e, mu, L, z, prec, out);                                                            \
+#define CHY_DEFINE_CHUNKS(T)                                                                                   \
+  CHY_CPU_CLONES void forward_chunks(const RegParams& p, int64_t b, int64_t e, const T* mu, const T* L,       \
+                                     const T* z, const double* prec, T* out, double* saved) {                 \
+    forward_chunk<T>(p, b, e, mu, L, z, prec, out, saved);                                                     \
   }                                                                                                            \
-  CHY_CPU_CLONES void backward_##SUFFIX(const RegParams& p, int64_t b, int64_t e, const T* grad, int64_t gs,    \
-                                        const T* mu, const T* L, const T* z, const double* prec, T* g_mu,      \
-                                        T* g_l, T* g_z, double* g_nu) {                                        \
-    backward_chunk<T>(p, b, e, grad, gs, mu, L, z, prec, g_mu, g_l, g_z, g_nu);                                \
+  CHY_CPU_CLONES void backward_chunks(const RegParams& p, int64_t b, int64_t e, const T* grad, int64_t gs,     \
+                                      const T* mu, const T* L, const T* z, const double* prec,                 \
+                                      const double* saved, T* g_mu, T* g_l, T* g_z, double* g_nu) {            \
+    backward_chunk<T>(p, b, e, grad, gs, mu, L, z, prec, saved, g_mu, g_l, g_z, g_nu);                         \
   }
-CHY_DEFINE_CHUNKS(float, f32)
-CHY_DEFINE_CHUNKS(double, f64)
+CHY_DEFINE_CHUNKS(float)
+CHY_DEFINE_CHUNKS(double)
 #undef CHY_DEFINE_CHUNKS
 
-void forward_any(const RegParams& p, int64_t b, int64_t e, const float* mu, const float* L, const float* z,
-                 const double* prec, float* out) {
-  forward_f32(p, b, e, mu, L, z, prec, out);
-}
-void forward_any(const RegParams& p, int64_t b, int64_t e, const double* mu, const double* L, const double* z,
-                 const double* prec, double* out) {
-  forward_f64(p, b, e, mu, L, z, prec, out);
-}
-void backward_any(const RegParams& p, int64_t b, int64_t e, const float* grad, int64_t gs, const float* mu,
-                  const float* L, const float* z, const double* prec, float* g_mu, float* g_l, float* g_z,
-                  double* g_nu) {
-  backward_f32(p, b, e, grad, gs, mu, L, z, prec, g_mu, g_l, g_z, g_nu);
-}
-void backward_any(const RegParams& p, int64_t b, int64_t e, const double* grad, int64_t gs, const double* mu,
-                  const double* L, const double* z, const double* prec, double* g_mu, double* g_l, double* g_z,
-                  double* g_nu) {
-  backward_f64(p, b, e, grad, gs, mu, L, z, prec, g_mu, g_l, g_z, g_nu);
-}
-
-at::Tensor regularizer_cpu(const at::Tensor& mu_in, const at::Tensor& L_in, const at::Tensor& z_in,
-                           const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec, double prior_scale,
-                           double prior_logdet, bool constants) {
+std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& mu_in, const at::Tensor& L_in,
+                                                const at::Tensor& z_in, const at::Tensor& nu,
+                                                const std::optional<at::Tensor>& prior_prec, double prior_scale,
+                                                double prior_logdet, bool constants, bool save) {
   const PreparedCall call =
       prepare_regularizer(mu_in, L_in, z_in, nu, prior_prec, prior_scale, prior_logdet, constants, false);
   const RegParams p = call.params;
   const at::Tensor mu = mu_in.contiguous(), L = L_in.contiguous(), z = z_in.contiguous();
   const int64_t n = mu.size(0);
   at::Tensor out = at::empty({n}, mu.options());
-  if (n == 0) return out;
+  at::Tensor saved = at::empty({n, save ? saved_size(call) : 0}, mu.options().dtype(at::kDouble));
+  if (n == 0) return {out, saved};
   const double* prec = call.prec.defined() ? call.prec.const_data_ptr<double>() : nullptr;
+  double* saved_p = saved.numel() > 0 ? saved.mutable_data_ptr<double>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "regularizer_cpu", [&] {
     const scalar_t* mu_p = mu.const_data_ptr<scalar_t>();
     const scalar_t* l_p = L.const_data_ptr<scalar_t>();
     const scalar_t* z_p = z.const_data_ptr<scalar_t>();
     scalar_t* out_p = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, n, grain_for(p.d, p.K), [&](int64_t begin, int64_t end) {
-      forward_any(p, begin, end, mu_p, l_p, z_p, prec, out_p);
+      forward_chunks(p, begin, end, mu_p, l_p, z_p, prec, out_p, saved_p);
     });
   });
-  return out;
+  return {out, saved};
+}
+
+at::Tensor regularizer_cpu(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z, const at::Tensor& nu,
+                           const std::optional<at::Tensor>& prior_prec, double prior_scale, double prior_logdet,
+                           bool constants) {
+  return std::get<0>(forward_impl(mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants, false));
+}
+
+std::tuple<at::Tensor, at::Tensor> regularizer_forward_cpu(const at::Tensor& mu, const at::Tensor& L,
+                                                           const at::Tensor& z, const at::Tensor& nu,
+                                                           const std::optional<at::Tensor>& prior_prec,
+                                                           double prior_scale, double prior_logdet, bool constants) {
+  return forward_impl(mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants, true);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& mu_in, const at::Tensor& L_in, const at::Tensor& z_in,
     const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec, double prior_scale, double prior_logdet,
-    bool constants) {
+    bool constants, const std::optional<at::Tensor>& saved) {
   const PreparedCall call =
       prepare_regularizer(mu_in, L_in, z_in, nu, prior_prec, prior_scale, prior_logdet, constants, true);
+  check_saved(call, mu_in, saved);
   const RegParams p = call.params;
   const int64_t n = mu_in.size(0);
-  TORCH_CHECK_VALUE(grad_in.dim() == 1 && grad_in.size(0) == n,
-                    "chyvae_ext: grad must have shape (", n, "), got ", grad_in.sizes());
+  TORCH_CHECK_VALUE(grad_in.dim() == 1 && grad_in.size(0) == n && grad_in.is_floating_point(),
+                    "chyvae_ext: grad must be a floating (", n, ") tensor, got ", grad_in.sizes(), " ",
+                    grad_in.scalar_type());
   const at::Tensor mu = mu_in.contiguous(), L = L_in.contiguous(), z = z_in.contiguous();
   // Read grad in place, strided: autograd usually hands over an expanded (stride-0) tensor.
   const at::Tensor grad = grad_in.to(mu.scalar_type());
@@ -132,6 +136,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_
   at::Tensor g_nu = at::empty({n}, mu.options().dtype(at::kDouble));
   if (n == 0) return {g_mu, g_l, g_z, g_nu};
   const double* prec = call.prec.defined() ? call.prec.const_data_ptr<double>() : nullptr;
+  const double* saved_p = saved.has_value() && saved->numel() > 0 ? saved->const_data_ptr<double>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "regularizer_backward_cpu", [&] {
     const scalar_t* mu_p = mu.const_data_ptr<scalar_t>();
     const scalar_t* l_p = L.const_data_ptr<scalar_t>();
@@ -143,7 +148,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_
     scalar_t* gz_p = g_z.mutable_data_ptr<scalar_t>();
     double* gnu_p = g_nu.mutable_data_ptr<double>();
     at::parallel_for(0, n, grain_for(p.d, p.K), [&](int64_t begin, int64_t end) {
-      backward_any(p, begin, end, g_p, g_stride, mu_p, l_p, z_p, prec, gmu_p, gl_p, gz_p, gnu_p);
+      backward_chunks(p, begin, end, g_p, g_stride, mu_p, l_p, z_p, prec, saved_p, gmu_p, gl_p, gz_p, gnu_p);
     });
   });
   return {g_mu, g_l, g_z, g_nu};
@@ -153,6 +158,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_
 
 TORCH_LIBRARY_IMPL(chyvae_ext, CPU, m) {
   m.impl("regularizer", &regularizer_cpu);
+  m.impl("regularizer_forward", &regularizer_forward_cpu);
   m.impl("regularizer_backward", &regularizer_backward_cpu);
 }
 

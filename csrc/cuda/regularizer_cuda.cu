@@ -16,78 +16,102 @@ namespace {
 
 constexpr int kThreads = 128;
 
+// saved: reg_iso1_saved_size(d) doubles per datapoint on the fast path (written), else unused.
 template <typename T>
 __global__ void regularizer_forward_kernel(RegParams p, int64_t n, const T* __restrict__ mu,
                                            const T* __restrict__ L, const T* __restrict__ z,
                                            const double* __restrict__ prec, double* __restrict__ ws,
-                                           int64_t ws_size, T* __restrict__ out) {
+                                           int64_t ws_size, double* __restrict__ saved, T* __restrict__ out) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const int64_t d = p.d, kd = static_cast<int64_t>(p.K) * p.d;
   double* w = ws + i * ws_size;
   if (prec == nullptr && p.K == 1) {
-    out[i] = static_cast<T>(reg_forward_point_iso1(p, mu + i * d, L + i * d * d, z + i * d, w));
+    double* si = saved != nullptr ? saved + i * reg_iso1_saved_size(p.d) : w;
+    out[i] = static_cast<T>(reg_forward_point_iso1(p, mu + i * d, L + i * d * d, z + i * d, si));
   } else {
     out[i] = static_cast<T>(reg_forward_point(p, mu + i * d, L + i * d * d, z + i * kd, prec, w));
   }
 }
 
 template <typename T>
-__global__ void regularizer_backward_kernel(RegParams p, int64_t n, const T* __restrict__ grad, int64_t grad_stride,
-                                            const T* __restrict__ mu, const T* __restrict__ L,
-                                            const T* __restrict__ z, const double* __restrict__ prec,
+__global__ void regularizer_backward_kernel(RegParams p, int64_t n, const T* __restrict__ grad,
+                                            int64_t grad_stride, const T* __restrict__ mu,
+                                            const T* __restrict__ L, const T* __restrict__ z,
+                                            const double* __restrict__ prec, const double* __restrict__ saved,
                                             double* __restrict__ ws, int64_t ws_size, T* __restrict__ g_mu,
-                                            T* __restrict__ g_l, T* __restrict__ g_z,
-                                            double* __restrict__ g_nu) {
+                                            T* __restrict__ g_l, T* __restrict__ g_z, double* __restrict__ g_nu) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const int64_t d = p.d, kd = static_cast<int64_t>(p.K) * p.d;
+  const double g = static_cast<double>(grad[i * grad_stride]);
   double* w = ws + i * ws_size;
   if (prec == nullptr && p.K == 1) {
-    g_nu[i] = reg_backward_point_iso1(p, static_cast<double>(grad[i * grad_stride]), mu + i * d, L + i * d * d, z + i * d, w, g_mu + i * d,
+    const double* si = saved != nullptr ? saved + i * reg_iso1_saved_size(p.d) : nullptr;
+    g_nu[i] = reg_backward_point_iso1(p, g, mu + i * d, L + i * d * d, z + i * d, si, w, g_mu + i * d,
                                       g_l + i * d * d, g_z + i * d);
   } else {
-    g_nu[i] = reg_backward_point(p, static_cast<double>(grad[i * grad_stride]), mu + i * d, L + i * d * d, z + i * kd, prec, w, g_mu + i * d,
+    g_nu[i] = reg_backward_point(p, g, mu + i * d, L + i * d * d, z + i * kd, prec, w, g_mu + i * d,
                                  g_l + i * d * d, g_z + i * kd);
   }
 }
 
 unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
 
-at::Tensor regularizer_cuda(const at::Tensor& mu_in, const at::Tensor& L_in, const at::Tensor& z_in,
-                            const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec,
-                            double prior_scale, double prior_logdet, bool constants) {
+std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& mu_in, const at::Tensor& L_in,
+                                                const at::Tensor& z_in, const at::Tensor& nu,
+                                                const std::optional<at::Tensor>& prior_prec, double prior_scale,
+                                                double prior_logdet, bool constants, bool save) {
   const PreparedCall call =
       prepare_regularizer(mu_in, L_in, z_in, nu, prior_prec, prior_scale, prior_logdet, constants, false);
   const c10::cuda::CUDAGuard guard(mu_in.device());
   const at::Tensor mu = mu_in.contiguous(), L = L_in.contiguous(), z = z_in.contiguous();
   const int64_t n = mu.size(0);
   at::Tensor out = at::empty({n}, mu.options());
-  if (n == 0) return out;
-  const int64_t ws_size = reg_workspace_size(call.params.d, call.params.K);
+  at::Tensor saved = at::empty({n, save ? saved_size(call) : 0}, mu.options().dtype(at::kDouble));
+  if (n == 0) return {out, saved};
+  // The fast path keeps its scratch in `saved` when there is one; otherwise scratch per thread.
+  const bool need_ws = !(uses_iso1(call) && save);
+  const int64_t ws_size = need_ws ? reg_workspace_size(call.params.d, call.params.K) : 0;
   at::Tensor ws = at::empty({n * ws_size}, mu.options().dtype(at::kDouble));
   const double* prec = call.prec.defined() ? call.prec.const_data_ptr<double>() : nullptr;
+  double* saved_p = saved.numel() > 0 ? saved.mutable_data_ptr<double>() : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "regularizer_cuda", [&] {
     regularizer_forward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
         call.params, n, mu.const_data_ptr<scalar_t>(), L.const_data_ptr<scalar_t>(),
-        z.const_data_ptr<scalar_t>(), prec, ws.mutable_data_ptr<double>(), ws_size,
+        z.const_data_ptr<scalar_t>(), prec, ws.mutable_data_ptr<double>(), ws_size, saved_p,
         out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return out;
+  return {out, saved};
+}
+
+at::Tensor regularizer_cuda(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z, const at::Tensor& nu,
+                            const std::optional<at::Tensor>& prior_prec, double prior_scale, double prior_logdet,
+                            bool constants) {
+  return std::get<0>(forward_impl(mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants, false));
+}
+
+std::tuple<at::Tensor, at::Tensor> regularizer_forward_cuda(const at::Tensor& mu, const at::Tensor& L,
+                                                            const at::Tensor& z, const at::Tensor& nu,
+                                                            const std::optional<at::Tensor>& prior_prec,
+                                                            double prior_scale, double prior_logdet, bool constants) {
+  return forward_impl(mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants, true);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_cuda(
     const at::Tensor& grad_in, const at::Tensor& mu_in, const at::Tensor& L_in, const at::Tensor& z_in,
-    const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec, double prior_scale,
-    double prior_logdet, bool constants) {
+    const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec, double prior_scale, double prior_logdet,
+    bool constants, const std::optional<at::Tensor>& saved) {
   const PreparedCall call =
       prepare_regularizer(mu_in, L_in, z_in, nu, prior_prec, prior_scale, prior_logdet, constants, true);
+  check_saved(call, mu_in, saved);
   const int64_t n = mu_in.size(0);
-  TORCH_CHECK_VALUE(grad_in.dim() == 1 && grad_in.size(0) == n && grad_in.device() == mu_in.device(),
-                    "chyvae_ext: grad must have shape (", n, ") on ", mu_in.device(), ", got ",
-                    grad_in.sizes(), " on ", grad_in.device());
+  TORCH_CHECK_VALUE(grad_in.dim() == 1 && grad_in.size(0) == n && grad_in.is_floating_point() &&
+                        grad_in.device() == mu_in.device(),
+                    "chyvae_ext: grad must be a floating (", n, ") tensor on ", mu_in.device(), ", got ",
+                    grad_in.sizes(), " ", grad_in.scalar_type(), " on ", grad_in.device());
   const c10::cuda::CUDAGuard guard(mu_in.device());
   const at::Tensor mu = mu_in.contiguous(), L = L_in.contiguous(), z = z_in.contiguous();
   // Read grad in place, strided: autograd usually hands over an expanded (stride-0) tensor.
@@ -95,17 +119,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_
   at::Tensor g_mu = at::empty_like(mu), g_l = at::empty_like(L), g_z = at::empty_like(z);
   at::Tensor g_nu = at::empty({n}, mu.options().dtype(at::kDouble));
   if (n == 0) return {g_mu, g_l, g_z, g_nu};
-  const int64_t ws_size = reg_workspace_size(call.params.d, call.params.K);
+  const double* saved_p = saved.has_value() && saved->numel() > 0 ? saved->const_data_ptr<double>() : nullptr;
+  const bool need_ws = !(uses_iso1(call) && saved_p != nullptr);
+  const int64_t ws_size = need_ws ? reg_workspace_size(call.params.d, call.params.K) : 0;
   at::Tensor ws = at::empty({n * ws_size}, mu.options().dtype(at::kDouble));
   const double* prec = call.prec.defined() ? call.prec.const_data_ptr<double>() : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "regularizer_backward_cuda", [&] {
     regularizer_backward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
         call.params, n, grad.const_data_ptr<scalar_t>(), grad.stride(0), mu.const_data_ptr<scalar_t>(),
-        L.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), prec,
-        ws.mutable_data_ptr<double>(), ws_size, g_mu.mutable_data_ptr<scalar_t>(),
-        g_l.mutable_data_ptr<scalar_t>(), g_z.mutable_data_ptr<scalar_t>(),
-        g_nu.mutable_data_ptr<double>());
+        L.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), prec, saved_p, ws.mutable_data_ptr<double>(),
+        ws_size, g_mu.mutable_data_ptr<scalar_t>(), g_l.mutable_data_ptr<scalar_t>(),
+        g_z.mutable_data_ptr<scalar_t>(), g_nu.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {g_mu, g_l, g_z, g_nu};
@@ -115,6 +140,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_
 
 TORCH_LIBRARY_IMPL(chyvae_ext, CUDA, m) {
   m.impl("regularizer", &regularizer_cuda);
+  m.impl("regularizer_forward", &regularizer_forward_cuda);
   m.impl("regularizer_backward", &regularizer_backward_cuda);
 }
 
