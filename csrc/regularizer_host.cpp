@@ -102,6 +102,8 @@ PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, cons
   return out;
 }
 
+namespace {
+
 void check_saved(const PreparedCall& call, const at::Tensor& mu, const std::optional<at::Tensor>& saved) {
   if (!saved.has_value()) return;
   const at::Tensor& s = *saved;
@@ -110,6 +112,45 @@ void check_saved(const PreparedCall& call, const at::Tensor& mu, const std::opti
                     "chyvae_ext: saved must be the contiguous float64 (", mu.size(0), ", ", saved_size(call),
                     ") tensor from regularizer_forward on ", mu.device(), ", got ", s.sizes(), " ",
                     s.scalar_type(), " on ", s.device());
+}
+
+}  // namespace
+
+ForwardCall begin_forward(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z, const at::Tensor& nu,
+                          const std::optional<at::Tensor>& prior_prec, double prior_scale, double prior_logdet,
+                          bool constants, bool save) {
+  ForwardCall f;
+  f.call = prepare_regularizer(mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants, false);
+  f.mu = mu.contiguous();
+  f.L = L.contiguous();
+  f.z = z.contiguous();
+  const int64_t n = mu.size(0);
+  f.out = at::empty({n}, mu.options());
+  f.saved = at::empty({n, save ? saved_size(f.call) : 0}, mu.options().dtype(at::kDouble));
+  return f;
+}
+
+BackwardCall begin_backward(const at::Tensor& grad, const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z,
+                            const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec, double prior_scale,
+                            double prior_logdet, bool constants, const std::optional<at::Tensor>& saved) {
+  BackwardCall b;
+  b.call = prepare_regularizer(mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants, true);
+  check_saved(b.call, mu, saved);
+  const int64_t n = mu.size(0);
+  TORCH_CHECK_VALUE(grad.dim() == 1 && grad.size(0) == n && grad.is_floating_point() && grad.device() == mu.device(),
+                    "chyvae_ext: grad must be a floating (", n, ") tensor on ", mu.device(), ", got ", grad.sizes(),
+                    " ", grad.scalar_type(), " on ", grad.device());
+  b.mu = mu.contiguous();
+  b.L = L.contiguous();
+  b.z = z.contiguous();
+  // Read in place, strided: autograd usually hands over an expanded (stride-0) tensor.
+  b.grad = grad.to(mu.scalar_type());
+  b.g_mu = at::empty_like(b.mu);
+  b.g_l = at::empty_like(b.L);
+  b.g_z = at::empty_like(b.z);
+  b.g_nu = at::empty({n}, mu.options().dtype(at::kDouble));
+  b.saved = saved.has_value() && saved->numel() > 0 ? saved->const_data_ptr<double>() : nullptr;
+  return b;
 }
 
 }  // namespace chyvae_ext

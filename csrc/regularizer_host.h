@@ -29,7 +29,26 @@ inline int64_t saved_size(const PreparedCall& call) {
   return uses_iso1(call) ? reg_iso1_saved_size(call.params.d) : 0;
 }
 
-// Checks `saved` against what regularizer_forward returns for these inputs.
-void check_saved(const PreparedCall& call, const at::Tensor& mu, const std::optional<at::Tensor>& saved);
+// Everything a backend's forward needs: the checked call, contiguous inputs, outputs to fill.
+struct ForwardCall {
+  PreparedCall call;
+  at::Tensor mu, L, z;  // contiguous
+  at::Tensor out;       // (N,) in the inputs' dtype
+  at::Tensor saved;     // float64 (N, saved_size) when asked to save, else (N, 0)
+};
+ForwardCall begin_forward(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z, const at::Tensor& nu,
+                          const std::optional<at::Tensor>& prior_prec, double prior_scale, double prior_logdet,
+                          bool constants, bool save);
+
+// The same for the backward: grad is cast to the inputs' dtype but keeps its strides.
+struct BackwardCall {
+  PreparedCall call;
+  at::Tensor mu, L, z, grad;
+  at::Tensor g_mu, g_l, g_z, g_nu;  // g_nu: float64 (N,)
+  const double* saved;              // regularizer_forward's saved state, or nullptr to recompute
+};
+BackwardCall begin_backward(const at::Tensor& grad, const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z,
+                            const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec, double prior_scale,
+                            double prior_logdet, bool constants, const std::optional<at::Tensor>& saved);
 
 }  // namespace chyvae_ext

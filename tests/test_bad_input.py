@@ -127,9 +127,9 @@ def test_compiled_op_checks(override, match):
 
 def test_compiled_backward_checks_grad_shape():
     args = op_args()
-    with pytest.raises(ValueError, match=r"grad must be a floating \(4\) tensor, got \[3\]"):
+    with pytest.raises(ValueError, match=r"grad must be a floating \(4\) tensor on cpu, got \[3\]"):
         torch.ops.chyvae_ext.regularizer_backward(torch.zeros(3, dtype=torch.float64), **args)
-    with pytest.raises(ValueError, match=r"grad must be a floating \(4\) tensor, got \[4\] Long"):
+    with pytest.raises(ValueError, match=r"grad must be a floating \(4\) tensor on cpu, got \[4\] Long"):
         torch.ops.chyvae_ext.regularizer_backward(torch.zeros(4, dtype=torch.int64), **args)
 
 

@@ -82,26 +82,22 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& mu_in, const a
                                                 const at::Tensor& z_in, const at::Tensor& nu,
                                                 const std::optional<at::Tensor>& prior_prec, double prior_scale,
                                                 double prior_logdet, bool constants, bool save) {
-  const PreparedCall call =
-      prepare_regularizer(mu_in, L_in, z_in, nu, prior_prec, prior_scale, prior_logdet, constants, false);
-  const RegParams p = call.params;
-  const at::Tensor mu = mu_in.contiguous(), L = L_in.contiguous(), z = z_in.contiguous();
-  const int64_t n = mu.size(0);
-  at::Tensor out = at::empty({n}, mu.options());
-  at::Tensor saved = at::empty({n, save ? saved_size(call) : 0}, mu.options().dtype(at::kDouble));
-  if (n == 0) return {out, saved};
-  const double* prec = call.prec.defined() ? call.prec.const_data_ptr<double>() : nullptr;
-  double* saved_p = saved.numel() > 0 ? saved.mutable_data_ptr<double>() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "regularizer_cpu", [&] {
-    const scalar_t* mu_p = mu.const_data_ptr<scalar_t>();
-    const scalar_t* l_p = L.const_data_ptr<scalar_t>();
-    const scalar_t* z_p = z.const_data_ptr<scalar_t>();
-    scalar_t* out_p = out.mutable_data_ptr<scalar_t>();
+  ForwardCall f = begin_forward(mu_in, L_in, z_in, nu, prior_prec, prior_scale, prior_logdet, constants, save);
+  const RegParams p = f.call.params;
+  const int64_t n = f.mu.size(0);
+  if (n == 0) return {f.out, f.saved};
+  const double* prec = f.call.prec.defined() ? f.call.prec.const_data_ptr<double>() : nullptr;
+  double* saved_p = f.saved.numel() > 0 ? f.saved.mutable_data_ptr<double>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(f.mu.scalar_type(), "regularizer_cpu", [&] {
+    const scalar_t* mu_p = f.mu.const_data_ptr<scalar_t>();
+    const scalar_t* l_p = f.L.const_data_ptr<scalar_t>();
+    const scalar_t* z_p = f.z.const_data_ptr<scalar_t>();
+    scalar_t* out_p = f.out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, n, grain_for(p.d, p.K), [&](int64_t begin, int64_t end) {
       forward_chunks(p, begin, end, mu_p, l_p, z_p, prec, out_p, saved_p);
     });
   });
-  return {out, saved};
+  return {f.out, f.saved};
 }
 
 at::Tensor regularizer_cpu(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z, const at::Tensor& nu,
@@ -118,40 +114,29 @@ std::tuple<at::Tensor, at::Tensor> regularizer_forward_cpu(const at::Tensor& mu,
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_cpu(
-    const at::Tensor& grad_in, const at::Tensor& mu_in, const at::Tensor& L_in, const at::Tensor& z_in,
-    const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec, double prior_scale, double prior_logdet,
-    bool constants, const std::optional<at::Tensor>& saved) {
-  const PreparedCall call =
-      prepare_regularizer(mu_in, L_in, z_in, nu, prior_prec, prior_scale, prior_logdet, constants, true);
-  check_saved(call, mu_in, saved);
-  const RegParams p = call.params;
-  const int64_t n = mu_in.size(0);
-  TORCH_CHECK_VALUE(grad_in.dim() == 1 && grad_in.size(0) == n && grad_in.is_floating_point(),
-                    "chyvae_ext: grad must be a floating (", n, ") tensor, got ", grad_in.sizes(), " ",
-                    grad_in.scalar_type());
-  const at::Tensor mu = mu_in.contiguous(), L = L_in.contiguous(), z = z_in.contiguous();
-  // Read grad in place, strided: autograd usually hands over an expanded (stride-0) tensor.
-  const at::Tensor grad = grad_in.to(mu.scalar_type());
-  at::Tensor g_mu = at::empty_like(mu), g_l = at::empty_like(L), g_z = at::empty_like(z);
-  at::Tensor g_nu = at::empty({n}, mu.options().dtype(at::kDouble));
-  if (n == 0) return {g_mu, g_l, g_z, g_nu};
-  const double* prec = call.prec.defined() ? call.prec.const_data_ptr<double>() : nullptr;
-  const double* saved_p = saved.has_value() && saved->numel() > 0 ? saved->const_data_ptr<double>() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "regularizer_backward_cpu", [&] {
-    const scalar_t* mu_p = mu.const_data_ptr<scalar_t>();
-    const scalar_t* l_p = L.const_data_ptr<scalar_t>();
-    const scalar_t* z_p = z.const_data_ptr<scalar_t>();
-    const scalar_t* g_p = grad.const_data_ptr<scalar_t>();
-    const int64_t g_stride = grad.stride(0);
-    scalar_t* gmu_p = g_mu.mutable_data_ptr<scalar_t>();
-    scalar_t* gl_p = g_l.mutable_data_ptr<scalar_t>();
-    scalar_t* gz_p = g_z.mutable_data_ptr<scalar_t>();
-    double* gnu_p = g_nu.mutable_data_ptr<double>();
+    const at::Tensor& grad, const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z, const at::Tensor& nu,
+    const std::optional<at::Tensor>& prior_prec, double prior_scale, double prior_logdet, bool constants,
+    const std::optional<at::Tensor>& saved) {
+  BackwardCall b = begin_backward(grad, mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants, saved);
+  const RegParams p = b.call.params;
+  const int64_t n = b.mu.size(0);
+  if (n == 0) return {b.g_mu, b.g_l, b.g_z, b.g_nu};
+  const double* prec = b.call.prec.defined() ? b.call.prec.const_data_ptr<double>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES(b.mu.scalar_type(), "regularizer_backward_cpu", [&] {
+    const scalar_t* mu_p = b.mu.const_data_ptr<scalar_t>();
+    const scalar_t* l_p = b.L.const_data_ptr<scalar_t>();
+    const scalar_t* z_p = b.z.const_data_ptr<scalar_t>();
+    const scalar_t* g_p = b.grad.const_data_ptr<scalar_t>();
+    const int64_t g_stride = b.grad.stride(0);
+    scalar_t* gmu_p = b.g_mu.mutable_data_ptr<scalar_t>();
+    scalar_t* gl_p = b.g_l.mutable_data_ptr<scalar_t>();
+    scalar_t* gz_p = b.g_z.mutable_data_ptr<scalar_t>();
+    double* gnu_p = b.g_nu.mutable_data_ptr<double>();
     at::parallel_for(0, n, grain_for(p.d, p.K), [&](int64_t begin, int64_t end) {
-      backward_chunks(p, begin, end, g_p, g_stride, mu_p, l_p, z_p, prec, saved_p, gmu_p, gl_p, gz_p, gnu_p);
+      backward_chunks(p, begin, end, g_p, g_stride, mu_p, l_p, z_p, prec, b.saved, gmu_p, gl_p, gz_p, gnu_p);
     });
   });
-  return {g_mu, g_l, g_z, g_nu};
+  return {b.g_mu, b.g_l, b.g_z, b.g_nu};
 }
 
 }  // namespace

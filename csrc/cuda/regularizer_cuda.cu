@@ -62,29 +62,25 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& mu_in, const a
                                                 const at::Tensor& z_in, const at::Tensor& nu,
                                                 const std::optional<at::Tensor>& prior_prec, double prior_scale,
                                                 double prior_logdet, bool constants, bool save) {
-  const PreparedCall call =
-      prepare_regularizer(mu_in, L_in, z_in, nu, prior_prec, prior_scale, prior_logdet, constants, false);
   const c10::cuda::CUDAGuard guard(mu_in.device());
-  const at::Tensor mu = mu_in.contiguous(), L = L_in.contiguous(), z = z_in.contiguous();
-  const int64_t n = mu.size(0);
-  at::Tensor out = at::empty({n}, mu.options());
-  at::Tensor saved = at::empty({n, save ? saved_size(call) : 0}, mu.options().dtype(at::kDouble));
-  if (n == 0) return {out, saved};
+  ForwardCall f = begin_forward(mu_in, L_in, z_in, nu, prior_prec, prior_scale, prior_logdet, constants, save);
+  const int64_t n = f.mu.size(0);
+  if (n == 0) return {f.out, f.saved};
   // The fast path keeps its scratch in `saved` when there is one; otherwise scratch per thread.
-  const bool need_ws = !(uses_iso1(call) && save);
-  const int64_t ws_size = need_ws ? reg_workspace_size(call.params.d, call.params.K) : 0;
-  at::Tensor ws = at::empty({n * ws_size}, mu.options().dtype(at::kDouble));
-  const double* prec = call.prec.defined() ? call.prec.const_data_ptr<double>() : nullptr;
-  double* saved_p = saved.numel() > 0 ? saved.mutable_data_ptr<double>() : nullptr;
+  const bool need_ws = !(uses_iso1(f.call) && save);
+  const int64_t ws_size = need_ws ? reg_workspace_size(f.call.params.d, f.call.params.K) : 0;
+  at::Tensor ws = at::empty({n * ws_size}, f.mu.options().dtype(at::kDouble));
+  const double* prec = f.call.prec.defined() ? f.call.prec.const_data_ptr<double>() : nullptr;
+  double* saved_p = f.saved.numel() > 0 ? f.saved.mutable_data_ptr<double>() : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "regularizer_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(f.mu.scalar_type(), "regularizer_cuda", [&] {
     regularizer_forward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        call.params, n, mu.const_data_ptr<scalar_t>(), L.const_data_ptr<scalar_t>(),
-        z.const_data_ptr<scalar_t>(), prec, ws.mutable_data_ptr<double>(), ws_size, saved_p,
-        out.mutable_data_ptr<scalar_t>());
+        f.call.params, n, f.mu.const_data_ptr<scalar_t>(), f.L.const_data_ptr<scalar_t>(),
+        f.z.const_data_ptr<scalar_t>(), prec, ws.mutable_data_ptr<double>(), ws_size, saved_p,
+        f.out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {out, saved};
+  return {f.out, f.saved};
 }
 
 at::Tensor regularizer_cuda(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z, const at::Tensor& nu,
@@ -101,39 +97,27 @@ std::tuple<at::Tensor, at::Tensor> regularizer_forward_cuda(const at::Tensor& mu
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_cuda(
-    const at::Tensor& grad_in, const at::Tensor& mu_in, const at::Tensor& L_in, const at::Tensor& z_in,
-    const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec, double prior_scale, double prior_logdet,
-    bool constants, const std::optional<at::Tensor>& saved) {
-  const PreparedCall call =
-      prepare_regularizer(mu_in, L_in, z_in, nu, prior_prec, prior_scale, prior_logdet, constants, true);
-  check_saved(call, mu_in, saved);
-  const int64_t n = mu_in.size(0);
-  TORCH_CHECK_VALUE(grad_in.dim() == 1 && grad_in.size(0) == n && grad_in.is_floating_point() &&
-                        grad_in.device() == mu_in.device(),
-                    "chyvae_ext: grad must be a floating (", n, ") tensor on ", mu_in.device(), ", got ",
-                    grad_in.sizes(), " ", grad_in.scalar_type(), " on ", grad_in.device());
-  const c10::cuda::CUDAGuard guard(mu_in.device());
-  const at::Tensor mu = mu_in.contiguous(), L = L_in.contiguous(), z = z_in.contiguous();
-  // Read grad in place, strided: autograd usually hands over an expanded (stride-0) tensor.
-  const at::Tensor grad = grad_in.to(mu.scalar_type());
-  at::Tensor g_mu = at::empty_like(mu), g_l = at::empty_like(L), g_z = at::empty_like(z);
-  at::Tensor g_nu = at::empty({n}, mu.options().dtype(at::kDouble));
-  if (n == 0) return {g_mu, g_l, g_z, g_nu};
-  const double* saved_p = saved.has_value() && saved->numel() > 0 ? saved->const_data_ptr<double>() : nullptr;
-  const bool need_ws = !(uses_iso1(call) && saved_p != nullptr);
-  const int64_t ws_size = need_ws ? reg_workspace_size(call.params.d, call.params.K) : 0;
-  at::Tensor ws = at::empty({n * ws_size}, mu.options().dtype(at::kDouble));
-  const double* prec = call.prec.defined() ? call.prec.const_data_ptr<double>() : nullptr;
+    const at::Tensor& grad, const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z, const at::Tensor& nu,
+    const std::optional<at::Tensor>& prior_prec, double prior_scale, double prior_logdet, bool constants,
+    const std::optional<at::Tensor>& saved) {
+  const c10::cuda::CUDAGuard guard(mu.device());
+  BackwardCall b = begin_backward(grad, mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants, saved);
+  const int64_t n = b.mu.size(0);
+  if (n == 0) return {b.g_mu, b.g_l, b.g_z, b.g_nu};
+  const bool need_ws = !(uses_iso1(b.call) && b.saved != nullptr);
+  const int64_t ws_size = need_ws ? reg_workspace_size(b.call.params.d, b.call.params.K) : 0;
+  at::Tensor ws = at::empty({n * ws_size}, b.mu.options().dtype(at::kDouble));
+  const double* prec = b.call.prec.defined() ? b.call.prec.const_data_ptr<double>() : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(mu.scalar_type(), "regularizer_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(b.mu.scalar_type(), "regularizer_backward_cuda", [&] {
     regularizer_backward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        call.params, n, grad.const_data_ptr<scalar_t>(), grad.stride(0), mu.const_data_ptr<scalar_t>(),
-        L.const_data_ptr<scalar_t>(), z.const_data_ptr<scalar_t>(), prec, saved_p, ws.mutable_data_ptr<double>(),
-        ws_size, g_mu.mutable_data_ptr<scalar_t>(), g_l.mutable_data_ptr<scalar_t>(),
-        g_z.mutable_data_ptr<scalar_t>(), g_nu.mutable_data_ptr<double>());
+        b.call.params, n, b.grad.const_data_ptr<scalar_t>(), b.grad.stride(0), b.mu.const_data_ptr<scalar_t>(),
+        b.L.const_data_ptr<scalar_t>(), b.z.const_data_ptr<scalar_t>(), prec, b.saved,
+        ws.mutable_data_ptr<double>(), ws_size, b.g_mu.mutable_data_ptr<scalar_t>(),
+        b.g_l.mutable_data_ptr<scalar_t>(), b.g_z.mutable_data_ptr<scalar_t>(), b.g_nu.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {g_mu, g_l, g_z, g_nu};
+  return {b.g_mu, b.g_l, b.g_z, b.g_nu};
 }
 
 }  // namespace
