@@ -123,26 +123,27 @@ CHY_HD void reg_pl_row(int d, const double* prec, double p_iso, const T* L, int 
   }
 }
 
-// sum_i log L_ii with a single log: mantissas multiplied and exponents summed, renormalised every
-// 8 factors so the product stays in range. A diagonal entry that is not > 0 (or NaN) gives NaN.
+// sum_i log L_ii with one log per four entries: the log of each product of four, unless that
+// product left the normal range, then the four logs. Any entry that is not > 0 (or NaN) gives NaN.
 template <typename T>
 CHY_HD double reg_sum_log_diag(int d, const T* L) {
-  double mant = 1.0;
-  int exp_sum = 0;
+  double acc = 0.0;
   bool positive = true;
-  for (int i = 0; i < d; ++i) {
-    const double v = static_cast<double>(L[i * d + i]);
-    positive = positive && (v > 0.0);
-    int e = 0;
-    mant *= frexp(v, &e);
-    exp_sum += e;
-    if ((i & 7) == 7) {
-      mant = frexp(mant, &e);
-      exp_sum += e;
+  for (int i0 = 0; i0 < d; i0 += 4) {
+    const int n = d - i0 < 4 ? d - i0 : 4;
+    double prod = 1.0;
+    for (int t = 0; t < n; ++t) {
+      const double v = static_cast<double>(L[(i0 + t) * (d + 1)]);
+      positive = positive && (v > 0.0);
+      prod *= v;
+    }
+    if (prod > 2.2250738585072014e-308 && prod < 1.7976931348623157e308) {
+      acc += log(prod);
+    } else {
+      for (int t = 0; t < n; ++t) acc += log(static_cast<double>(L[(i0 + t) * (d + 1)]));
     }
   }
-  if (!positive) return NAN;
-  return log(mant) + exp_sum * 0.69314718055994530942;
+  return positive ? acc : NAN;
 }
 
 // Cholesky of the K x K SPD matrix A into lower C, then Hinv = A^-1; returns log|A|.
@@ -355,10 +356,25 @@ struct RegIso1Sums {
   double mm;            // |mu|^2
 };
 
+// DS: d as a compile-time constant (0: d = p.d at run time). With DS > 0 every row is walked in
+// full with the upper triangle masked to zero: fixed trip counts let the compiler keep w in
+// registers instead of reloading it from memory row after row.
+template <int DS>
+CHY_HD bool reg_in_lower(int i, int j) {
+  return DS == 0 || j <= i;
+}
+
+template <int DS>
+CHY_HD int reg_row_end(int i) {
+  return DS > 0 ? DS : i + 1;
+}
+
 // Computes w into saved[0..d) and the sums into saved[d..d+5).
-template <typename T>
-CHY_HD RegIso1Sums reg_iso1_sums(int d, double p_iso, const T* mu, const T* L, const T* z, double* saved) {
-  double* w = saved;
+template <int DS, typename T>
+CHY_HD RegIso1Sums reg_iso1_sums(int d_run, double p_iso, const T* mu, const T* L, const T* z, double* saved) {
+  const int d = DS > 0 ? DS : d_run;
+  double w_local[DS > 0 ? DS : 1];  // registers when d is known: nothing else can alias it
+  double* w = DS > 0 ? w_local : saved;
   double zz = 0.0, mz = 0.0, mm = 0.0;
   for (int i = 0; i < d; ++i) {
     const double zi = static_cast<double>(z[i]), mi = static_cast<double>(mu[i]);
@@ -372,8 +388,9 @@ CHY_HD RegIso1Sums reg_iso1_sums(int d, double p_iso, const T* mu, const T* L, c
     const T* li = L + i * d;
     const double ui = p_iso * static_cast<double>(z[i]);
     double s = 0.0;
-    for (int j = 0; j <= i; ++j) {
-      const double l = static_cast<double>(li[j]);
+    const int jend = reg_row_end<DS>(i);
+    for (int j = 0; j < jend; ++j) {
+      const double l = reg_in_lower<DS>(i, j) ? static_cast<double>(li[j]) : 0.0;
       s += l * l;
       w[j] += l * ui;
     }
@@ -381,6 +398,8 @@ CHY_HD RegIso1Sums reg_iso1_sums(int d, double p_iso, const T* mu, const T* L, c
   }
   double ww = 0.0;
   for (int j = 0; j < d; ++j) ww += w[j] * w[j];
+  if (DS > 0)
+    for (int j = 0; j < d; ++j) saved[j] = w[j];
   RegIso1Sums r;
   r.a = 1.0 + p_iso * zz;
   r.m = p_iso * mz;
@@ -412,22 +431,26 @@ CHY_HD double reg_iso1_trace(int d, double p_iso, const RegIso1Sums& r) {
 }
 
 // `saved`: reg_iso1_saved_size(d) doubles, filled for the backward.
-template <typename T>
+template <int DS, typename T>
 CHY_HD double reg_forward_point_iso1(const RegParams& p, const T* mu, const T* L, const T* z, double* saved) {
-  const RegIso1Sums r = reg_iso1_sums(p.d, p.p_iso, mu, L, z, saved);
+  const RegIso1Sums r = reg_iso1_sums<DS>(p.d, p.p_iso, mu, L, z, saved);
   return -p.alpha * (p.log_det_psi + log(r.a)) - p.beta * reg_iso1_trace(p.d, p.p_iso, r) +
          reg_sum_log_diag(p.d, L) + p.constant;
 }
 
 // `saved`: what the forward left for this datapoint, or nullptr to recompute it into `ws`
 // (reg_iso1_saved_size(d) doubles).
-template <typename T>
+template <int DS, typename T>
 CHY_HD double reg_backward_point_iso1(const RegParams& p, double g, const T* mu, const T* L, const T* z,
                                       const double* saved, double* ws, T* g_mu, T* g_l, T* g_z) {
-  const int d = p.d;
+  const int d = DS > 0 ? DS : p.d;
   const double pi = p.p_iso;
-  const RegIso1Sums r = saved != nullptr ? reg_iso1_load(d, saved) : reg_iso1_sums(d, pi, mu, L, z, ws);
-  const double* w = saved != nullptr ? saved : ws;
+  const RegIso1Sums r = saved != nullptr ? reg_iso1_load(d, saved) : reg_iso1_sums<DS>(d, pi, mu, L, z, ws);
+  const double* w_mem = saved != nullptr ? saved : ws;
+  double w_local[DS > 0 ? DS : 1];  // registers when d is known, and provably not aliased by g_l
+  if (DS > 0)
+    for (int j = 0; j < d; ++j) w_local[j] = w_mem[j];
+  const double* w = DS > 0 ? w_local : w_mem;
   const double inv_a = 1.0 / r.a;
   const double two_a = 2.0 * p.alpha, two_b = 2.0 * p.beta;
   const double scale_l = -two_b * g;
@@ -438,13 +461,15 @@ CHY_HD double reg_backward_point_iso1(const RegParams& p, double g, const T* mu,
     T* gi = g_l + i * d;
     const double vi = pi * static_cast<double>(z[i]) * inv_a;  // V = u / a
     double y = 0.0;
-    for (int j = 0; j <= i; ++j) {
-      const double l = static_cast<double>(li[j]);
+    const int jend = reg_row_end<DS>(i);
+    for (int j = 0; j < jend; ++j) {
+      const bool lower = reg_in_lower<DS>(i, j);
+      const double l = lower ? static_cast<double>(li[j]) : 0.0;
       y += l * w[j];
-      gi[j] = static_cast<T>(scale_l * (pi * l - vi * w[j]));
+      gi[j] = static_cast<T>(lower ? scale_l * (pi * l - vi * w[j]) : 0.0);
     }
     gi[i] = static_cast<T>(static_cast<double>(gi[i]) + g / static_cast<double>(li[i]));
-    for (int j = i + 1; j < d; ++j) gi[j] = static_cast<T>(0);
+    for (int j = jend; j < d; ++j) gi[j] = static_cast<T>(0);
     y += static_cast<double>(mu[i]) * r.m;
     const double e = pi * y + vi * (1.0 - qp);  // E = P Y - V Q' + V
     g_z[i] = static_cast<T>(g * (-two_a * vi + two_b * e * inv_a));

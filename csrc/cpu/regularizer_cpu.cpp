@@ -27,18 +27,41 @@ namespace {
 // than it saves.
 int64_t grain_for(int64_t d, int64_t k) { return std::max<int64_t>(1, 65536 / (d * (d + 4 * k))); }
 
+// The fast path, with d fixed at compile time for d = 10 (SPEC 2: the synthetic sets) and at run
+// time otherwise. Measured on the CI machine: d = 10 gains 15-40% from full masked rows; at d = 32
+// the masked rows cost twice the work and ran 2x slower than the triangular run-time loops, and
+// a constant d with triangular rows gained nothing.
+template <int DS, typename T>
+CHY_HD void forward_iso1(const RegParams& p, int64_t begin, int64_t end, const T* mu, const T* L, const T* z, T* out,
+                         double* saved, double* ws) {
+  const int64_t d = p.d, ss = reg_iso1_saved_size(p.d);
+  for (int64_t i = begin; i < end; ++i) {
+    double* si = saved != nullptr ? saved + i * ss : ws;
+    out[i] = static_cast<T>(reg_forward_point_iso1<DS>(p, mu + i * d, L + i * d * d, z + i * d, si));
+  }
+}
+
+template <int DS, typename T>
+CHY_HD void backward_iso1(const RegParams& p, int64_t begin, int64_t end, const T* grad, int64_t grad_stride,
+                          const T* mu, const T* L, const T* z, const double* saved, double* ws, T* g_mu, T* g_l,
+                          T* g_z, double* g_nu) {
+  const int64_t d = p.d, ss = reg_iso1_saved_size(p.d);
+  for (int64_t i = begin; i < end; ++i)
+    g_nu[i] = reg_backward_point_iso1<DS>(p, static_cast<double>(grad[i * grad_stride]), mu + i * d, L + i * d * d,
+                                          z + i * d, saved != nullptr ? saved + i * ss : nullptr, ws, g_mu + i * d,
+                                          g_l + i * d * d, g_z + i * d);
+}
+
 template <typename T>
 CHY_HD void forward_chunk(const RegParams& p, int64_t begin, int64_t end, const T* mu, const T* L, const T* z,
                           const double* prec, T* out, double* saved) {
   std::vector<double> ws(reg_workspace_size(p.d, p.K));
   const int64_t d = p.d, kd = static_cast<int64_t>(p.K) * p.d;
   if (prec == nullptr && p.K == 1) {
-    const int64_t ss = reg_iso1_saved_size(p.d);
-    for (int64_t i = begin; i < end; ++i) {
-      double* si = saved != nullptr ? saved + i * ss : ws.data();
-      out[i] = static_cast<T>(reg_forward_point_iso1(p, mu + i * d, L + i * d * d, z + i * d, si));
+    switch (p.d) {
+      case 10: return forward_iso1<10>(p, begin, end, mu, L, z, out, saved, ws.data());
+      default: return forward_iso1<0>(p, begin, end, mu, L, z, out, saved, ws.data());
     }
-    return;
   }
   for (int64_t i = begin; i < end; ++i)
     out[i] = static_cast<T>(reg_forward_point(p, mu + i * d, L + i * d * d, z + i * kd, prec, ws.data()));
@@ -51,12 +74,10 @@ CHY_HD void backward_chunk(const RegParams& p, int64_t begin, int64_t end, const
   std::vector<double> ws(reg_workspace_size(p.d, p.K));
   const int64_t d = p.d, kd = static_cast<int64_t>(p.K) * p.d;
   if (prec == nullptr && p.K == 1) {
-    const int64_t ss = reg_iso1_saved_size(p.d);
-    for (int64_t i = begin; i < end; ++i)
-      g_nu[i] = reg_backward_point_iso1(p, static_cast<double>(grad[i * grad_stride]), mu + i * d, L + i * d * d,
-                                        z + i * d, saved != nullptr ? saved + i * ss : nullptr, ws.data(),
-                                        g_mu + i * d, g_l + i * d * d, g_z + i * d);
-    return;
+    switch (p.d) {
+      case 10: return backward_iso1<10>(p, begin, end, grad, grad_stride, mu, L, z, saved, ws.data(), g_mu, g_l, g_z, g_nu);
+      default: return backward_iso1<0>(p, begin, end, grad, grad_stride, mu, L, z, saved, ws.data(), g_mu, g_l, g_z, g_nu);
+    }
   }
   for (int64_t i = begin; i < end; ++i)
     g_nu[i] = reg_backward_point(p, static_cast<double>(grad[i * grad_stride]), mu + i * d, L + i * d * d,

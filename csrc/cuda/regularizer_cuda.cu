@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <type_traits>
 
 #include "../regularizer_host.h"
 #include "../regularizer_math.h"
@@ -17,7 +18,8 @@ namespace {
 constexpr int kThreads = 128;
 
 // saved: reg_iso1_saved_size(d) doubles per datapoint on the fast path (written), else unused.
-template <typename T>
+// DS: d at compile time on the fast path (see the CPU backend), 0 otherwise.
+template <int DS, typename T>
 __global__ void regularizer_forward_kernel(RegParams p, int64_t n, const T* __restrict__ mu,
                                            const T* __restrict__ L, const T* __restrict__ z,
                                            const double* __restrict__ prec, double* __restrict__ ws,
@@ -28,13 +30,13 @@ __global__ void regularizer_forward_kernel(RegParams p, int64_t n, const T* __re
   double* w = ws + i * ws_size;
   if (prec == nullptr && p.K == 1) {
     double* si = saved != nullptr ? saved + i * reg_iso1_saved_size(p.d) : w;
-    out[i] = static_cast<T>(reg_forward_point_iso1(p, mu + i * d, L + i * d * d, z + i * d, si));
+    out[i] = static_cast<T>(reg_forward_point_iso1<DS>(p, mu + i * d, L + i * d * d, z + i * d, si));
   } else {
     out[i] = static_cast<T>(reg_forward_point(p, mu + i * d, L + i * d * d, z + i * kd, prec, w));
   }
 }
 
-template <typename T>
+template <int DS, typename T>
 __global__ void regularizer_backward_kernel(RegParams p, int64_t n, const T* __restrict__ grad,
                                             int64_t grad_stride, const T* __restrict__ mu,
                                             const T* __restrict__ L, const T* __restrict__ z,
@@ -48,7 +50,7 @@ __global__ void regularizer_backward_kernel(RegParams p, int64_t n, const T* __r
   double* w = ws + i * ws_size;
   if (prec == nullptr && p.K == 1) {
     const double* si = saved != nullptr ? saved + i * reg_iso1_saved_size(p.d) : nullptr;
-    g_nu[i] = reg_backward_point_iso1(p, g, mu + i * d, L + i * d * d, z + i * d, si, w, g_mu + i * d,
+    g_nu[i] = reg_backward_point_iso1<DS>(p, g, mu + i * d, L + i * d * d, z + i * d, si, w, g_mu + i * d,
                                       g_l + i * d * d, g_z + i * d);
   } else {
     g_nu[i] = reg_backward_point(p, g, mu + i * d, L + i * d * d, z + i * kd, prec, w, g_mu + i * d,
@@ -57,6 +59,13 @@ __global__ void regularizer_backward_kernel(RegParams p, int64_t n, const T* __r
 }
 
 unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
+
+// Calls fn with d as a compile-time constant where the fast path specialises it (as on the CPU), else 0.
+template <typename Fn>
+void with_static_d(const PreparedCall& call, Fn&& fn) {
+  if (uses_iso1(call) && call.params.d == 10) return fn(std::integral_constant<int, 10>());
+  fn(std::integral_constant<int, 0>());
+}
 
 std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& mu_in, const at::Tensor& L_in,
                                                 const at::Tensor& z_in, const at::Tensor& nu,
@@ -74,11 +83,13 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& mu_in, const a
   double* saved_p = f.saved.numel() > 0 ? f.saved.mutable_data_ptr<double>() : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(f.mu.scalar_type(), "regularizer_cuda", [&] {
-    regularizer_forward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        f.call.params, n, f.mu.const_data_ptr<scalar_t>(), f.L.const_data_ptr<scalar_t>(),
-        f.z.const_data_ptr<scalar_t>(), prec, ws.mutable_data_ptr<double>(), ws_size, saved_p,
-        f.out.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_static_d(f.call, [&](auto ds) {
+      regularizer_forward_kernel<decltype(ds)::value, scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+          f.call.params, n, f.mu.const_data_ptr<scalar_t>(), f.L.const_data_ptr<scalar_t>(),
+          f.z.const_data_ptr<scalar_t>(), prec, ws.mutable_data_ptr<double>(), ws_size, saved_p,
+          f.out.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return {f.out, f.saved};
 }
@@ -110,12 +121,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_
   const double* prec = b.call.prec.defined() ? b.call.prec.const_data_ptr<double>() : nullptr;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(b.mu.scalar_type(), "regularizer_backward_cuda", [&] {
-    regularizer_backward_kernel<scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-        b.call.params, n, b.grad.const_data_ptr<scalar_t>(), b.grad.stride(0), b.mu.const_data_ptr<scalar_t>(),
-        b.L.const_data_ptr<scalar_t>(), b.z.const_data_ptr<scalar_t>(), prec, b.saved,
-        ws.mutable_data_ptr<double>(), ws_size, b.g_mu.mutable_data_ptr<scalar_t>(),
-        b.g_l.mutable_data_ptr<scalar_t>(), b.g_z.mutable_data_ptr<scalar_t>(), b.g_nu.mutable_data_ptr<double>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_static_d(b.call, [&](auto ds) {
+      regularizer_backward_kernel<decltype(ds)::value, scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
+          b.call.params, n, b.grad.const_data_ptr<scalar_t>(), b.grad.stride(0), b.mu.const_data_ptr<scalar_t>(),
+          b.L.const_data_ptr<scalar_t>(), b.z.const_data_ptr<scalar_t>(), prec, b.saved,
+          ws.mutable_data_ptr<double>(), ws_size, b.g_mu.mutable_data_ptr<scalar_t>(),
+          b.g_l.mutable_data_ptr<scalar_t>(), b.g_z.mutable_data_ptr<scalar_t>(), b.g_nu.mutable_data_ptr<double>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return {b.g_mu, b.g_l, b.g_z, b.g_nu};
 }
