@@ -1,0 +1,173 @@
+"""The interface between datasets, training and the disentanglement metrics.
+
+A dataset hands out images as float32 arrays (n, C, 64, 64) in [0, 1]. A dataset with known
+generative factors also implements :class:`GroundTruthDataset`: it can draw factors the way the
+dataset draws them, render (or look up) the observations for given factors, and draw batches that
+share one factor, which is all the metrics need (the split follows disentanglement_lib).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+IMAGE_SIZE = 64
+
+
+class DataError(ValueError):
+    """A dataset file, folder or option is missing or not what it must be."""
+
+
+def check_rng(rng: object) -> np.random.Generator:
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    return rng
+
+
+def check_count(name: str, n: object) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {n!r}")
+    return int(n)
+
+
+class ImageDataset(ABC):
+    """A finite or procedural set of 64 x 64 images with values in [0, 1].
+
+    Subclasses implement :meth:`random_images`; a materialised set also sets ``num_images`` and
+    implements :meth:`images_at`.
+    """
+
+    name: str = "dataset"
+    channels: int = 1
+    num_images: int | None = None  # None: procedural, drawn on demand
+
+    @abstractmethod
+    def random_images(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n random images, float32 (n, C, 64, 64) in [0, 1]."""
+
+    def images_at(self, index: np.ndarray) -> np.ndarray:
+        """The materialised images at ``index``, float32 (n, C, 64, 64) in [0, 1]."""
+        raise TypeError(f"{self.name} is procedural: it has no stored images to index")
+
+    def uint8_array(self) -> np.ndarray | None:
+        """All images as uint8 (N, C, 64, 64) when the set is materialised, else None."""
+        return None
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        device: str | torch.device = "cpu",
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Endless random minibatches, float32 (batch_size, C, 64, 64) on ``device``.
+
+        A materialised set is moved once to ``device`` as uint8 (to GPU memory when it fits, else
+        to pinned host memory), and each batch is one random gather plus a conversion there. A
+        procedural set renders each batch on the CPU. ``generator`` (a CPU torch.Generator) makes
+        the order reproducible.
+        """
+        batch_size = check_count("batch_size", batch_size)
+        if batch_size == 0:
+            raise ValueError("batch_size must be at least 1, got 0")
+        device = torch.device(device)
+        gen = generator if generator is not None else torch.Generator().manual_seed(0)
+        data = self.uint8_array()
+        if data is None:
+            while True:
+                seed = int(torch.randint(0, 2**63 - 1, (1,), generator=gen))
+                images = self.random_images(batch_size, np.random.default_rng(seed))
+                yield torch.from_numpy(images).to(device, non_blocking=True)
+        store = _device_store(data, device)
+        n = store.shape[0]
+        while True:
+            index = torch.randint(0, n, (batch_size,), generator=gen)
+            batch = store[index.to(store.device)]
+            yield batch.to(device, non_blocking=True).float().div_(255.0)
+
+
+def _device_store(data: np.ndarray, device: torch.device) -> torch.Tensor:
+    host = torch.from_numpy(np.ascontiguousarray(data))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if host.numel() < free // 2:
+            return host.to(device)
+        return host.pin_memory()
+    return host
+
+
+class GroundTruthDataset(ImageDataset):
+    """A dataset whose images are generated from known discrete factors."""
+
+    factor_names: tuple[str, ...] = ()
+    factor_sizes: tuple[int, ...] = ()
+
+    @property
+    def num_factors(self) -> int:
+        return len(self.factor_sizes)
+
+    @abstractmethod
+    def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n factor vectors as class indices, int64 (n, K), drawn as the dataset draws them."""
+
+    @abstractmethod
+    def images(self, factors: np.ndarray) -> np.ndarray:
+        """The observations of ``factors`` (n, K) class indices: float32 (n, C, 64, 64) in [0, 1]."""
+
+    def check_factors(self, factors: object) -> np.ndarray:
+        f = np.asarray(factors)
+        if f.ndim != 2 or f.shape[1] != self.num_factors or not np.issubdtype(f.dtype, np.integer):
+            raise ValueError(
+                f"factors must be an integer array of shape (n, {self.num_factors}) for {self.name}, "
+                f"got dtype {f.dtype} shape {f.shape}"
+            )
+        sizes = np.asarray(self.factor_sizes)
+        if f.size and ((f < 0).any() or (f >= sizes).any()):
+            bad = np.argwhere((f < 0) | (f >= sizes))[0]
+            raise ValueError(
+                f"factor {self.factor_names[bad[1]]!r} must be in [0, {sizes[bad[1]]}), got {f[bad[0], bad[1]]}"
+            )
+        return f.astype(np.int64, copy=False)
+
+    def sample_fixed_factor(self, k: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """n observations sharing factor k, the other factors drawn as the dataset draws them.
+
+        Returns (images float32 (n, C, 64, 64), factors int64 (n, K)).
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < self.num_factors:
+            raise ValueError(f"k must be a factor index in [0, {self.num_factors}) for {self.name}, got {k!r}")
+        n = check_count("n", n)
+        factors = self.sample_factors(n, check_rng(rng))
+        if n:
+            factors[:, k] = factors[0, k]
+        return self.images(factors), factors
+
+    def random_images(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return self.images(self.sample_factors(check_count("n", n), check_rng(rng)))
+
+
+class MaterialisedImages(ImageDataset):
+    """uint8 images (N, C, 64, 64) held in memory, with their factor classes when known."""
+
+    def __init__(self, images: np.ndarray, *, name: str, factors: np.ndarray | None = None):
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[2:] != (IMAGE_SIZE, IMAGE_SIZE):
+            raise DataError(f"{name}: images must be uint8 (N, C, 64, 64), got {images.dtype} {images.shape}")
+        if images.shape[0] == 0:
+            raise DataError(f"{name}: no images")
+        self._images = images
+        self.name = name
+        self.channels = images.shape[1]
+        self.num_images = images.shape[0]
+        self.factors = factors
+
+    def uint8_array(self) -> np.ndarray:
+        return self._images
+
+    def images_at(self, index: np.ndarray) -> np.ndarray:
+        return self._images[np.asarray(index)].astype(np.float32) / 255.0
+
+    def random_images(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return self.images_at(check_rng(rng).integers(0, self.num_images, size=check_count("n", n)))
