@@ -46,7 +46,9 @@ def _images_from(root, *, dataset: str, color: str, crop: str, key: str | None, 
 
 def _image_set(dataset: str, color: str, crop: str, source: str):
     def make(root=None, *, key: str | None = None, cache_dir: str | os.PathLike | None = None) -> MaterialisedImages:
-        images = _images_from(root, dataset=dataset, color=color, crop=crop, key=key, cache_dir=cache_dir, source=source)
+        images = _images_from(
+            root, dataset=dataset, color=color, crop=crop, key=key, cache_dir=cache_dir, source=source
+        )
         want = 1 if color == "gray" else 3
         if images.shape[1] != want:
             raise DataError(f"{dataset}: expected {want}-channel images, got {images.shape[1]} channels from {root}")
@@ -57,10 +59,17 @@ def _image_set(dataset: str, color: str, crop: str, source: str):
 
 
 def _generic(dataset: str):
-    def make(root=None, *, color: str = "rgb", crop: str = "centre", key: str | None = None,
-             cache_dir: str | os.PathLike | None = None) -> MaterialisedImages:
-        images = _images_from(root, dataset=dataset, color=color, crop=crop, key=key, cache_dir=cache_dir,
-                              source="your own data")
+    def make(
+        root=None,
+        *,
+        color: str = "rgb",
+        crop: str = "centre",
+        key: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> MaterialisedImages:
+        images = _images_from(
+            root, dataset=dataset, color=color, crop=crop, key=key, cache_dir=cache_dir, source="your own data"
+        )
         return MaterialisedImages(images, name=f"{dataset}[{os.fspath(root)}]")
 
     return make
@@ -68,9 +77,11 @@ def _generic(dataset: str):
 
 def _dsprites(root=None, *, include_shape: bool = True) -> DSprites:
     if root is None:
-        raise DataError("dsprites: root is required: the path of dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz "
-                        "(download it from https://github.com/deepmind/dsprites-dataset); "
-                        "'shapes2d' is an offline look-alike")
+        raise DataError(
+            "dsprites: root is required: the path of dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz "
+            "(download it from https://github.com/deepmind/dsprites-dataset); "
+            "'shapes2d' is an offline look-alike"
+        )
     p = Path(root)
     if p.is_dir():
         p = p / "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"

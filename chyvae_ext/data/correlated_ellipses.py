@@ -13,13 +13,10 @@ import os
 import cv2
 import numpy as np
 
-from .base import GroundTruthDataset, MaterialisedImages, check_count, check_rng
-from .base import IMAGE_SIZE
+from .base import IMAGE_SIZE, GroundTruthDataset, MaterialisedImages, check_count, check_rng
 from .files import load_npz_images
 
-COVARIANCE = np.array(
-    [[1.0, 0.5, 0.0, 0.0], [0.5, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.5], [0.0, 0.0, 0.5, 1.0]]
-)
+COVARIANCE = np.array([[1.0, 0.5, 0.0, 0.0], [0.5, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.5], [0.0, 0.0, 0.5, 1.0]])
 X_GRID = np.linspace(0.0, 1.0, 32)
 SCALE_GRID = np.linspace(0.5, 1.0, 6)
 ANGLE_GRID = np.linspace(0.0, 360.0, 40)
@@ -42,7 +39,12 @@ def values_to_classes(values: np.ndarray) -> np.ndarray:
     """Continuous values in [0, 1]^4 to grid classes, int64 (n, 4)."""
     v = np.asarray(values, dtype=np.float64)
     return np.stack(
-        [_bin(v[:, 0], X_GRID), _bin(v[:, 1], X_GRID), _bin(v[:, 2] / 2 + 0.5, SCALE_GRID), _bin(v[:, 3] * 360, ANGLE_GRID)],
+        [
+            _bin(v[:, 0], X_GRID),
+            _bin(v[:, 1], X_GRID),
+            _bin(v[:, 2] / 2 + 0.5, SCALE_GRID),
+            _bin(v[:, 3] * 360, ANGLE_GRID),
+        ],
         axis=1,
     ).astype(np.int64)
 
@@ -65,8 +67,10 @@ def render(values: np.ndarray) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 2 or v.shape[1] != 4:
         raise ValueError(f"values must have shape (n, 4), got {v.shape}")
-    if v.size and (not np.isfinite(v).all() or v.min() < 0 or v.max() > 1):
-        raise ValueError(f"values must lie in [0, 1], got range [{np.nanmin(v)}, {np.nanmax(v)}]")
+    if not np.isfinite(v).all():
+        raise ValueError("values must be finite and lie in [0, 1], got non-finite entries")
+    if v.size and (v.min() < 0 or v.max() > 1):
+        raise ValueError(f"values must lie in [0, 1], got range [{v.min()}, {v.max()}]")
     return _draw(values_to_classes(v))
 
 
@@ -96,11 +100,12 @@ class CorrelatedEllipses(GroundTruthDataset):
         return MaterialisedImages(_draw(factors)[:, None], name=f"{self.name}[{size}, seed {seed}]", factors=factors)
 
 
-
 def load_published(path: str | os.PathLike) -> MaterialisedImages:
     """The published CorrelatedEllipses npz (key ``dataset``: uint8 (N, 64, 64))."""
     images = load_npz_images(
-        path, key="dataset", dataset="correlated_ellipses",
+        path,
+        key="dataset",
+        dataset="correlated_ellipses",
         source="the generator at github.com/crslab/correlated-ellipses, or CorrelatedEllipses().materialise()",
     )
     return MaterialisedImages(images, name=f"correlated_ellipses[{os.fspath(path)}]")

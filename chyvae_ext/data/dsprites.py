@@ -107,7 +107,8 @@ def _read_npz(p) -> tuple[np.ndarray, np.ndarray]:
         for key in ("imgs", "latents_classes", "latents_values", "metadata"):
             if key not in npz.files:
                 raise DataError(
-                    f"dsprites: {p} has no key {key!r} (keys: {sorted(npz.files)}); expected the official file from {SOURCE}"
+                    f"dsprites: {p} has no key {key!r} (keys: {sorted(npz.files)}); "
+                    f"expected the official file from {SOURCE}"
                 )
         imgs = read_npz_key(npz, "imgs", path=p, dataset="dsprites")
         classes = read_npz_key(npz, "latents_classes", path=p, dataset="dsprites")
@@ -121,7 +122,9 @@ def _read_hdf5(p) -> tuple[np.ndarray, np.ndarray]:
         with h5py.File(p, "r") as f:
             for key in ("imgs", "latents/classes"):
                 if key not in f:
-                    raise DataError(f"dsprites: {p} has no HDF5 dataset {key!r}; expected the official HDF5 from {SOURCE}")
+                    raise DataError(
+                        f"dsprites: {p} has no HDF5 dataset {key!r}; expected the official HDF5 from {SOURCE}"
+                    )
             return f["imgs"][()], f["latents/classes"][()]
     except OSError as exc:
         raise DataError(f"dsprites: cannot read {p} as an HDF5 file (unreadable or truncated): {exc}") from exc
@@ -131,9 +134,13 @@ def _validate(imgs: np.ndarray, classes: np.ndarray, p) -> None:
     if imgs.dtype != np.uint8 or imgs.shape != (NUM_IMAGES, IMAGE_SIZE, IMAGE_SIZE):
         raise DataError(f"dsprites: {p}: imgs must be uint8 ({NUM_IMAGES}, 64, 64), got {imgs.dtype} {imgs.shape}")
     if classes.shape != (NUM_IMAGES, 6) or not np.issubdtype(classes.dtype, np.integer):
-        raise DataError(f"dsprites: {p}: latents_classes must be integer ({NUM_IMAGES}, 6), got {classes.dtype} {classes.shape}")
+        raise DataError(
+            f"dsprites: {p}: latents_classes must be integer ({NUM_IMAGES}, 6), got {classes.dtype} {classes.shape}"
+        )
     sizes = tuple(int(s) for s in classes.max(axis=0) + 1)
     if sizes != ALL_FACTOR_SIZES:
         raise DataError(f"dsprites: {p}: factor sizes must be {ALL_FACTOR_SIZES}, got {sizes}")
     if not np.array_equal(classes_to_index(classes), np.arange(NUM_IMAGES)):
-        raise DataError(f"dsprites: {p}: images are not in the official order (index = classes . {INDEX_BASES.tolist()})")
+        raise DataError(
+            f"dsprites: {p}: images are not in the official order (index = classes . {INDEX_BASES.tolist()})"
+        )

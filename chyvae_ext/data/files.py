@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def to_nchw_uint8(array: np.ndarray, *, where: str) -> np.ndarray:
 def open_npz(path: Path, *, dataset: str, allow_pickle: bool = False):
     try:
         return np.load(path, allow_pickle=allow_pickle, encoding="latin1")
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         raise DataError(f"{dataset}: cannot read {path} as an npz file (unreadable or truncated): {exc}") from exc
 
 
@@ -75,14 +76,18 @@ def read_npz_key(npz, key: str, *, path: Path, dataset: str) -> np.ndarray:
         raise DataError(f"{dataset}: cannot read key {key!r} of {path} (truncated or corrupt): {exc}") from exc
 
 
-def load_npz_images(path: str | os.PathLike, *, key: str, dataset: str = "npz", source: str = "its publisher") -> np.ndarray:
+def load_npz_images(
+    path: str | os.PathLike, *, key: str, dataset: str = "npz", source: str = "its publisher"
+) -> np.ndarray:
     """uint8 (N, C, 64, 64) images stored under ``key`` of an npz file."""
     p = check_file(path, dataset=dataset, source=source)
     with open_npz(p, dataset=dataset) as npz:
         return to_nchw_uint8(read_npz_key(npz, key, path=p, dataset=dataset), where=f"{dataset}: {p}[{key!r}]")
 
 
-def load_hdf5_images(path: str | os.PathLike, *, key: str, dataset: str = "hdf5", source: str = "its publisher") -> np.ndarray:
+def load_hdf5_images(
+    path: str | os.PathLike, *, key: str, dataset: str = "hdf5", source: str = "its publisher"
+) -> np.ndarray:
     """uint8 (N, C, 64, 64) images stored in dataset ``key`` of an HDF5 file."""
     import h5py
 
