@@ -39,13 +39,23 @@ def main(argv=None) -> int:
     rows = []
     ellipses = get_dataset("correlated_ellipses", size=args.materialised_size, seed=0)
     batches = ellipses.batches(64, generator=torch.Generator().manual_seed(0))
-    rows.append(("materialised correlated_ellipses, batches of 64 (CPU tensors)",
-                 images_per_second(lambda: next(batches), 64), 20_000))
+    rows.append(
+        (
+            "materialised correlated_ellipses, batches of 64 (CPU tensors)",
+            images_per_second(lambda: next(batches), 64),
+            20_000,
+        )
+    )
     for name in ("shapes2d", "correlated_ellipses"):
         ds = get_dataset(name)
         rng = np.random.default_rng(0)
-        rows.append((f"procedural {name}, render 256", images_per_second(lambda ds=ds: ds.random_images(256, rng), 256),
-                     5_000))
+        rows.append(
+            (
+                f"procedural {name}, render 256",
+                images_per_second(lambda ds=ds, rng=rng: ds.random_images(256, rng), 256),
+                5_000,
+            )
+        )
     print(f"{'what':66} {'images/s':>10} {'target':>8}")
     for what, rate, target in rows:
         print(f"{what:66} {rate:10.0f} {target:8d}  {'ok' if rate >= target else 'MISSED'}")

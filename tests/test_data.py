@@ -354,3 +354,25 @@ def test_zip_error_type_is_wrapped(tmp_path):
     (tmp_path / "z.npz").write_bytes(zipfile.ZipFile.__doc__.encode())
     with pytest.raises(DataError):
         get_dataset("npz", tmp_path / "z.npz")
+
+
+def test_shapes2d_materialise_in_dsprites_order(tmp_path, monkeypatch):
+    from chyvae_ext.data import shapes2d
+
+    monkeypatch.setattr(shapes2d, "NUM_IMAGES", 200)  # the first 200 of 737,280, same order
+    ds = Shapes2D()
+    m = ds.materialise(tmp_path / "shapes.npz")
+    assert m.num_images == 200 and np.array_equal(m.factors, dsp.index_to_classes(np.arange(200)))
+    assert np.array_equal(m.images_at(np.arange(200)), ds.images(m.factors[:, 1:]))
+    with np.load(tmp_path / "shapes.npz") as f:
+        assert np.array_equal(f["imgs"], m.uint8_array()[:, 0])
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    from chyvae_ext.data.files import default_cache_dir
+
+    monkeypatch.setenv("CHYVAE_EXT_CACHE", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("CHYVAE_EXT_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "chyvae_ext"
