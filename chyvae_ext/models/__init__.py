@@ -1,0 +1,41 @@
+"""The three models of the paper's experiments and prior sampling."""
+
+from __future__ import annotations
+
+import torch
+
+from ..sampling import sample_gaussian, sample_inverse_wishart
+from .networks import Decoder, Encoder, reconstruction_error
+from .vae import BetaVAE, CHyVAE, FactorVAE, permute_dims
+
+__all__ = [
+    "BetaVAE",
+    "CHyVAE",
+    "Decoder",
+    "Encoder",
+    "FactorVAE",
+    "permute_dims",
+    "reconstruction_error",
+    "sample_prior",
+]
+
+
+def sample_prior(model: torch.nn.Module, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n latent codes from the model's prior, (n, d) on the model's device: for CHyVAE
+    Sigma ~ IW(Psi, nu) then z ~ N(0, Sigma); for the others N(0, I)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    param = next(model.parameters())
+    d = model.latent_dim
+    if isinstance(model, CHyVAE):
+        nu = float(model.nu)
+        cov = model.prior_cov
+        sigma0 = (
+            torch.eye(d, dtype=torch.float64) * (1.0 if cov is None else cov)
+            if not torch.is_tensor(cov)
+            else cov.detach().to("cpu", torch.float64)
+        )
+        psi = max(nu - d - 1, 1.0) * sigma0
+        z = sample_gaussian(sample_inverse_wishart(psi, nu, n, generator=generator), generator=generator)
+        return z.to(device=param.device, dtype=param.dtype)
+    return torch.randn(n, d, generator=generator, dtype=torch.float64).to(device=param.device, dtype=param.dtype)
