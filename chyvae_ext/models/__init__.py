@@ -28,7 +28,7 @@ def sample_prior(model: torch.nn.Module, n: int, *, generator: torch.Generator |
     param = next(model.parameters())
     d = model.latent_dim
     if isinstance(model, CHyVAE):
-        nu = float(model.nu)
+        nu = float(torch.as_tensor(model.nu).detach())
         cov = model.prior_cov
         sigma0 = (
             torch.eye(d, dtype=torch.float64) * (1.0 if cov is None else cov)

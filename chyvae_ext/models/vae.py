@@ -21,7 +21,7 @@ from .networks import Decoder, Encoder, reconstruction_error
 def _check_positive(name: str, value: object, *, minimum: float = 0.0, integer: bool = False) -> None:
     kind = int if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) or value <= minimum:
-        raise ValueError(f"{name} must be a {'integer' if integer else 'number'} > {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} > {minimum:g}, got {value!r}")
 
 
 class _Base(nn.Module):
@@ -129,7 +129,7 @@ class CHyVAE(_Base):
 
     The encoder emits mu and a raw d x d matrix A; L = tril(A) with diagonal softplus(A_ii) + 1e-4.
     The decoder sees one sample; the regulariser's K samples are drawn independently of it.
-    ``learn_nu`` makes nu a parameter, kept above d - 1 as d - 1 + softplus(raw).
+    ``learn_nu`` makes nu a parameter, kept above d - 1 as d - 1 + 1e-3 + softplus(raw).
     """
 
     def __init__(
@@ -148,21 +148,21 @@ class CHyVAE(_Base):
         _check_positive("nu", nu, minimum=latent_dim - 1)
         _check_positive("num_samples", num_samples, integer=True)
         self.num_samples, self.impl, self.learn_nu = num_samples, impl, bool(learn_nu)
+        self._nu_floor = latent_dim - 1 + 1e-3  # strictly above d - 1 even in float32
         if torch.is_tensor(prior_cov):
             self.register_buffer("prior_cov", prior_cov.detach().clone())
         else:
             self.prior_cov = prior_cov
-        raw = torch.tensor(math.log(math.expm1(nu - (latent_dim - 1))), dtype=torch.float32)
+        self._nu_fixed = float(nu)
         if self.learn_nu:
-            self.nu_raw = nn.Parameter(raw)
-        else:
-            self.register_buffer("nu_raw", raw)
-            self._nu_fixed = float(nu)
+            if nu <= self._nu_floor:
+                raise ValueError(f"with learn_nu=True, nu must start above d - 1 + 1e-3 = {self._nu_floor}, got {nu}")
+            self.nu_raw = nn.Parameter(torch.tensor(math.log(math.expm1(nu - self._nu_floor)), dtype=torch.float32))
 
     @property
     def nu(self) -> torch.Tensor | float:
         if self.learn_nu:
-            return (self.latent_dim - 1) + nn.functional.softplus(self.nu_raw)
+            return self._nu_floor + nn.functional.softplus(self.nu_raw)
         return self._nu_fixed
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
