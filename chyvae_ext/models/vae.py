@@ -54,7 +54,7 @@ class BetaVAE(_Base):
         self.beta = float(beta)
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(x)
+        h = self.encoder(x).float()  # heads in float32 under bf16 autocast
         return h[:, : self.latent_dim], h[:, self.latent_dim :]  # mu, log sigma^2
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,8 +167,8 @@ class CHyVAE(_Base):
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.latent_dim
-        h = self.encoder(x)
-        mu, a = h[:, :d], h[:, d:].view(-1, d, d)
+        h = self.encoder(x).float()  # heads in float32 under bf16 autocast
+        mu, a = h[:, :d], h[:, d:].reshape(-1, d, d)
         diag = nn.functional.softplus(torch.diagonal(a, dim1=-2, dim2=-1)) + 1e-4
         return mu, torch.tril(a, -1) + torch.diag_embed(diag)
 

@@ -1,0 +1,200 @@
+"""The training CLI: run directory, resume equals uninterrupted, signals, guards, bad options."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from chyvae_ext.train import TrainConfig, main, train
+
+FAST = {
+    "steps": 12,
+    "batch_size": 8,
+    "log_every": 4,
+    "eval_every": 12,
+    "ckpt_every": 4,
+    "precision": "fp32",
+    "z_dim": 4,
+    "hidden": 32,
+    "nu": 10.0,
+}
+
+
+def final_params(run_dir):
+    ckpt = sorted((run_dir / "checkpoints").glob("step_*.pt"))[-1]
+    return torch.load(ckpt, weights_only=False)["model"]
+
+
+@pytest.mark.parametrize("model", ["chyvae", "betavae", "factorvae"])
+def test_run_directory(tmp_path, model):
+    status = train(TrainConfig(model=model, out=str(tmp_path / "run"), **FAST))
+    run = tmp_path / "run"
+    assert status["state"] == "finished" and status["step"] == 12
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "status.json",
+        "reconstructions.png",
+        "samples.png",
+        "traversals.png",
+        "traversals.gif",
+        "curves.png",
+    ):
+        assert (run / name).stat().st_size > 0, name
+    assert any((run / "tb").iterdir())
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 8, 12]
+    assert all(r["steps_per_s"] > 0 and r["neg_elbo"] > 0 for r in rows)
+    term = {"chyvae": "regularizer", "betavae": "kl", "factorvae": "tc"}[model]
+    assert term in rows[0]
+    assert len(list((run / "checkpoints").glob("step_*.pt"))) == 3  # keep_checkpoints
+    config = json.loads((run / "config.json").read_text())
+    assert config["z_dim"] == 4 and config["model"] == model
+
+
+@pytest.mark.parametrize("model", ["chyvae", "factorvae"])
+def test_resume_equals_uninterrupted(tmp_path, model):
+    train(TrainConfig(model=model, out=str(tmp_path / "full"), **FAST))
+    half = dict(FAST, steps=8)
+    train(TrainConfig(model=model, out=str(tmp_path / "resumed"), **half))
+    assert main(["--resume", str(tmp_path / "resumed"), "--steps", "12"]) == 0
+    a, b = final_params(tmp_path / "full"), final_params(tmp_path / "resumed")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # bitwise on the CPU
+    rows = [json.loads(r)["step"] for r in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [4, 8, 12]
+
+
+def test_sigterm_leaves_a_loadable_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "chyvae_ext.train",
+        "--steps",
+        "100000",
+        "--batch-size",
+        "8",
+        "--z-dim",
+        "4",
+        "--hidden",
+        "32",
+        "--nu",
+        "10",
+        "--log-every",
+        "2",
+        "--ckpt-every",
+        "1000",
+        "--eval-every",
+        "100000",
+        "--precision",
+        "fp32",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "stopped by SIGTERM" in err
+    status = json.loads((out / "status.json").read_text())
+    assert status["state"] == "interrupted" and status["step"] >= 2
+    state = torch.load(status["checkpoint"], weights_only=False)
+    assert state["step"] == status["step"]
+    assert main(["--resume", str(out), "--steps", str(status["step"] + 2), "--log-every", "1"]) == 0
+
+
+def test_non_finite_loss_stops_the_run(tmp_path, monkeypatch, capsys):
+    from chyvae_ext.models import BetaVAE
+
+    real = BetaVAE.loss
+
+    def poisoned(self, x, *, generator=None):
+        out = real(self, x, generator=generator)
+        if self.training and getattr(self, "calls", 0) >= 6:
+            out["kl"] = out["kl"] * float("nan")
+            out["loss"] = out["loss"] + out["kl"]
+        self.calls = getattr(self, "calls", 0) + 1
+        return out
+
+    monkeypatch.setattr(BetaVAE, "loss", poisoned)
+    status = train(TrainConfig(model="betavae", out=str(tmp_path / "run"), **FAST))
+    assert status["state"] == "failed" and status["step"] == 8
+    assert "non-finite loss within steps 5..8" in status["error"] and "kl" in status["error"]
+    assert "step_00000004.pt" in status["error"]  # the last good checkpoint is named and kept
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("*.pt")] == ["step_00000004.pt"]
+    assert "error: non-finite loss" in capsys.readouterr().err
+
+
+def test_config_file_and_flags(tmp_path):
+    (tmp_path / "c.yaml").write_text("model: betavae\nbeta: 2.0\nsteps: 4\nlog_every: 2\n")
+    args = [
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "--beta",
+        "6",
+        "--out",
+        str(tmp_path / "run"),
+        "--batch-size",
+        "4",
+        "--z-dim",
+        "3",
+        "--hidden",
+        "16",
+        "--precision",
+        "fp32",
+        "--eval-every",
+        "4",
+        "--ckpt-every",
+        "4",
+    ]
+    assert main(args) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"] == "betavae" and config["beta"] == 6.0 and config["steps"] == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--nu", "8", "--z-dim", "10"], "--nu must be greater than z_dim - 1 = 9 for CHyVAE, got 8.0"),
+        (["--steps", "0"], "--steps must be a positive integer, got 0"),
+        (["--lr", "-1"], "--lr must be a positive number, got -1.0"),
+        (["--dataset", "mnist"], "--dataset mnist: unknown dataset 'mnist'"),
+        (["--dataset", "celeba"], "--dataset celeba: celeba: root is required"),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
+        (["--config", "/nonexistent.yaml"], "--config: no file at /nonexistent.yaml"),
+        (["--resume", "/nonexistent_run"], "--resume /nonexistent_run: no config.json there"),
+    ],
+)
+def test_bad_options_fail_before_training(tmp_path, capsys, args, match):
+    assert main([*args, "--out", str(tmp_path / "run")]) == 2
+    assert match in capsys.readouterr().err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_unwritable_out(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["--out", str(blocker / "run")]) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_unknown_config_option(tmp_path, capsys):
+    (tmp_path / "c.json").write_text(json.dumps({"modle": "chyvae"}))
+    assert main(["--config", str(tmp_path / "c.json")]) == 2
+    assert "unknown option(s) modle" in capsys.readouterr().err
+
+
+def test_default_config_is_the_quick_chyvae_run():
+    c = TrainConfig().resolved()
+    assert (c.model, c.dataset, c.z_dim, c.hidden) == ("chyvae", "correlated_ellipses", 10, 128)
+    assert c.out == os.path.join("runs", "chyvae-correlated_ellipses-seed0")
