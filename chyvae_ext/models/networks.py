@@ -44,4 +44,6 @@ class Decoder(nn.Module):
 
 def reconstruction_error(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Bernoulli negative log-likelihood summed over pixels, per datapoint (N,), in nats."""
-    return nn.functional.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none").flatten(1).sum(1)
+    if logits.dtype in (torch.bfloat16, torch.float16):  # the likelihood in float32 under autocast
+        logits, x = logits.float(), x.float()
+    return nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)

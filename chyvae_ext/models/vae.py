@@ -24,6 +24,11 @@ def _check_positive(name: str, value: object, *, minimum: float = 0.0, integer: 
         raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} > {minimum:g}, got {value!r}")
 
 
+def _full_precision(t: torch.Tensor) -> torch.Tensor:
+    """The heads and losses run in float32 when the networks run under bf16/fp16 autocast."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
 class _Base(nn.Module):
     def __init__(self, latent_dim: int, channels: int, hidden: int, head_dim: int):
         super().__init__()
@@ -54,7 +59,7 @@ class BetaVAE(_Base):
         self.beta = float(beta)
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(x).float()  # heads in float32 under bf16 autocast
+        h = _full_precision(self.encoder(x))
         return h[:, : self.latent_dim], h[:, self.latent_dim :]  # mu, log sigma^2
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,7 +172,7 @@ class CHyVAE(_Base):
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.latent_dim
-        h = self.encoder(x).float()  # heads in float32 under bf16 autocast
+        h = _full_precision(self.encoder(x))
         mu, a = h[:, :d], h[:, d:].reshape(-1, d, d)
         diag = nn.functional.softplus(torch.diagonal(a, dim1=-2, dim2=-1)) + 1e-4
         return mu, torch.tril(a, -1) + torch.diag_embed(diag)
