@@ -213,6 +213,37 @@ class StopRequested:
             signal.signal(sig, old)
 
 
+def make_step(model, opt, opt_d, batches, noise_gen, *, bf16: bool):
+    """One optimisation step (two for FactorVAE: the VAE, then its discriminator) as a closure.
+
+    Returns the step's loss terms as tensors; nothing here waits for the device.
+    """
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def step() -> dict:
+        x = next(batches)
+        if bf16:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            out = model.loss(x, generator=noise_gen)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+        if opt_d is not None:
+            x2 = next(batches)
+            with torch.no_grad(), autocast:
+                z2 = model.loss(x2, generator=noise_gen)["z"]
+            d_loss = model.discriminator_loss(out["z"].float(), z2.float(), generator=noise_gen)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            out["disc_loss"] = d_loss
+        return out
+
+    return step
+
+
 def _progress(total: int, initial: int):
     if sys.stderr.isatty():
         from tqdm import tqdm
@@ -296,32 +327,14 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> dict:
         model.train()
         save_curves(run.root / "metrics.jsonl", run.root / "curves.png")
 
+    one_step = make_step(model, opt, opt_d, batches, noise_gen, bf16=c.precision == "bf16")
     status = {"state": "running", "step": step}
     run.write_json("status.json", status)
     bar = _progress(c.steps, step)
     model.train()
     with StopRequested() as stop:
         while step < c.steps and stop.signal is None:
-            x = next(batches)
-            if c.precision == "bf16":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                out = model.loss(x, generator=noise_gen)
-            opt.zero_grad(set_to_none=True)
-            if opt_d is not None:
-                out["loss"].backward(retain_graph=False)
-                opt.step()
-                x2 = next(batches)
-                with torch.no_grad(), autocast:
-                    z2 = model.loss(x2, generator=noise_gen)["z"]
-                d_loss = model.discriminator_loss(out["z"].float(), z2.float(), generator=noise_gen)
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-                out["disc_loss"] = d_loss
-            else:
-                out["loss"].backward()
-                opt.step()
+            out = one_step()
             step += 1
             steps_since += 1
             terms = {k: v.detach().float() for k, v in out.items() if k != "z"}
