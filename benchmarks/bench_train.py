@@ -51,7 +51,7 @@ def time_steps(step, device: str, n: int) -> float:
     t0 = time.perf_counter()
     for _ in range(n):
         out = step()
-    float(out["loss"])  # wait for the last step
+    float(out["loss"].detach())  # wait for the last step
     return (time.perf_counter() - t0) / n
 
 

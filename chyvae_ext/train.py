@@ -282,6 +282,10 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> dict:
         if not ckpts:
             raise ValueError(f"--resume {run.root}: no checkpoint in {run.ckpt_dir}")
         state = torch.load(ckpts[-1], map_location=device, weights_only=False)
+        trained_on = state.get("channels", dataset.channels)
+        if trained_on != dataset.channels:
+            raise ValueError(f"--dataset {c.dataset} has {dataset.channels}-channel images, but the run in {run.root} "
+                             f"was trained on {trained_on}-channel images")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         if opt_d is not None:
@@ -314,6 +318,7 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> dict:
             "torch_rng": torch.get_rng_state(),
             "step": step,
             "config": dataclasses.asdict(c),
+            "channels": dataset.channels,
         }
 
     def pictures() -> None:

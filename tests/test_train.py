@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -71,7 +72,8 @@ def test_resume_equals_uninterrupted(tmp_path, model):
     assert rows == [4, 8, 12]
 
 
-def test_sigterm_leaves_a_loadable_checkpoint(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signals_leave_a_loadable_checkpoint(tmp_path, sig):
     out = tmp_path / "run"
     cmd = [
         sys.executable,
@@ -102,10 +104,10 @@ def test_sigterm_leaves_a_loadable_checkpoint(tmp_path):
     deadline = time.time() + 120
     while not (out / "metrics.jsonl").exists() and time.time() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "stopped by SIGTERM" in err
+    assert f"stopped by {signal.Signals(sig).name}" in err and "Traceback" not in err
     status = json.loads((out / "status.json").read_text())
     assert status["state"] == "interrupted" and status["step"] >= 2
     state = torch.load(status["checkpoint"], weights_only=False)
@@ -179,6 +181,15 @@ def test_bad_options_fail_before_training(tmp_path, capsys, args, match):
     assert main([*args, "--out", str(tmp_path / "run")]) == 2
     assert match in capsys.readouterr().err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_resume_with_other_channels_is_refused(tmp_path, capsys):
+    train(TrainConfig(model="betavae", out=str(tmp_path / "run"), **dict(FAST, steps=4)))
+    images = (np.random.default_rng(0).random((20, 64, 64, 3)) * 255).astype(np.uint8)
+    np.savez(tmp_path / "rgb.npz", images=images)
+    args = ["--resume", str(tmp_path / "run"), "--dataset", "npz", "--data-root", str(tmp_path / "rgb.npz")]
+    assert main(args) == 2
+    assert "has 3-channel images, but the run in" in capsys.readouterr().err
 
 
 def test_unwritable_out(tmp_path, capsys):
