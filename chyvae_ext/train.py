@@ -49,7 +49,7 @@ class TrainConfig:
     num_samples: int = 1
     beta: float = 4.0
     gamma: float = 10.0
-    steps: int = 3000
+    steps: int = 2500
     batch_size: int = 50
     lr: float = 1e-4
     seed: int = 0
