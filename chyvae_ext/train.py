@@ -4,7 +4,8 @@ With no options it trains CHyVAE on procedural CorrelatedEllipses for a few minu
 CPU. Everything a run produces lands in ``--out`` (default ``runs/<model>-<dataset>-seed<seed>``):
 
     config.json        the resolved configuration
-    metrics.jsonl      one JSON object per logging interval (losses and their terms, steps/s)
+    metrics.jsonl      one JSON object per logging interval (kind "train": losses and their terms,
+                       steps/s) and per evaluation (kind "eval": held-out negative ELBO and terms)
     status.json        running / finished / interrupted / failed, with the step
     tb/                TensorBoard event files
     checkpoints/       step_XXXXXXXX.pt, written atomically, the last few kept
@@ -298,6 +299,7 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> dict:
     run.write_json("config.json", dataclasses.asdict(c))
     batches = dataset.batches(c.batch_size, device=device, generator=data_gen)
     fixed = next(dataset.batches(8, device=device, generator=torch.Generator().manual_seed(1234)))
+    held_out = next(dataset.batches(256, device=device, generator=torch.Generator().manual_seed(4321)))
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(run.root / "tb"), purge_step=step if step else None)
@@ -320,6 +322,18 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> dict:
             "config": dataclasses.asdict(c),
             "channels": dataset.channels,
         }
+
+    def evaluate() -> None:
+        """Held-out negative ELBO and its terms on a fixed batch of 256 images, logged as kind "eval"."""
+        model.eval()
+        with torch.no_grad(), autocast:
+            out = model.loss(held_out, generator=torch.Generator(device=device).manual_seed(0))
+        model.train()
+        row = {"kind": "eval", "step": step, **{k: float(v) for k, v in out.items() if k not in ("z", "loss")}}
+        run.append_metrics(row)
+        for k, v in row.items():
+            if k not in ("kind", "step"):
+                writer.add_scalar(f"eval/{k}", v, step)
 
     def pictures() -> None:
         model.eval()
@@ -389,6 +403,7 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> dict:
             if step % c.ckpt_every == 0 or step == c.steps:
                 last_good = run.save_checkpoint(checkpoint_state(), step, c.keep_checkpoints)
             if step % c.eval_every == 0 or step == c.steps:
+                evaluate()
                 pictures()
         if status["state"] != "failed":
             if stop.signal is not None:

@@ -48,9 +48,12 @@ def test_run_directory(tmp_path, model):
     ):
         assert (run / name).stat().st_size > 0, name
     assert any((run / "tb").iterdir())
-    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    all_rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in all_rows if r["kind"] == "train"]
     assert [r["step"] for r in rows] == [4, 8, 12]
     assert all(r["steps_per_s"] > 0 and r["neg_elbo"] > 0 for r in rows)
+    evals = [r for r in all_rows if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [12] and evals[0]["neg_elbo"] > evals[0]["recon"] > 0
     term = {"chyvae": "regularizer", "betavae": "kl", "factorvae": "tc"}[model]
     assert term in rows[0]
     assert len(list((run / "checkpoints").glob("step_*.pt"))) == 3  # keep_checkpoints
@@ -68,8 +71,8 @@ def test_resume_equals_uninterrupted(tmp_path, model):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k  # bitwise on the CPU
-    rows = [json.loads(r)["step"] for r in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
-    assert rows == [4, 8, 12]
+    rows = [json.loads(r) for r in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [4, 8, 12]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
