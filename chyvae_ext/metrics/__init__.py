@@ -1,0 +1,5 @@
+"""Disentanglement metrics on the ground-truth interface of :mod:`chyvae_ext.data`."""
+
+from .factor_vae import PROTOCOLS, factor_vae_score
+
+__all__ = ["PROTOCOLS", "factor_vae_score"]
