@@ -376,3 +376,11 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("CHYVAE_EXT_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "chyvae_ext"
+
+
+def test_procedural_sets_have_no_stored_images():
+    with pytest.raises(TypeError, match=r"shapes2d is procedural: it has no stored images to index"):
+        Shapes2D().images_at(np.array([0]))
+    assert Shapes2D().uint8_array() is None
+    with pytest.raises(ValueError, match=r"batch_size must be a non-negative integer, got True"):
+        next(Shapes2D().batches(True))
