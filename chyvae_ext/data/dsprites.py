@@ -46,7 +46,6 @@ class DSpritesLike(GroundTruthDataset):
             raise TypeError(f"include_shape must be a bool, got {type(include_shape).__name__}")
         self.include_shape = include_shape
         first = 1 if include_shape else 2
-        self._first = first
         self.factor_names = ALL_FACTOR_NAMES[first:]
         self.factor_sizes = ALL_FACTOR_SIZES[first:]
         # Draws the factors that are not exposed (shape when include_shape=False) in images().

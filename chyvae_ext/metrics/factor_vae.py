@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..data.base import GroundTruthDataset
+from .common import check_ground_truth, encode_batches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,14 +37,6 @@ PROTOCOLS = {
 }
 
 
-def _encode_batches(encode: Callable, images: np.ndarray, batch_size: int) -> np.ndarray:
-    out = []
-    for start in range(0, len(images), batch_size):
-        rep = encode(torch.from_numpy(images[start : start + batch_size]))
-        out.append(rep.detach().float().cpu().numpy() if torch.is_tensor(rep) else np.asarray(rep, np.float64))
-    return np.concatenate(out).astype(np.float64)
-
-
 def _votes(
     encode,
     dataset: GroundTruthDataset,
@@ -60,7 +53,7 @@ def _votes(
     for start in range(0, n_votes, per_pass):
         ks = rng.integers(0, dataset.num_factors, min(per_pass, n_votes - start))
         images = np.concatenate([dataset.sample_fixed_factor(int(k), p.votes_per_sample, rng)[0] for k in ks])
-        reps = _encode_batches(encode, images, batch_size).reshape(len(ks), p.votes_per_sample, -1)
+        reps = encode_batches(encode, images, batch_size).reshape(len(ks), p.votes_per_sample, -1)
         var = np.var(reps / scale, axis=1, ddof=1)
         var[:, ~active] = np.inf
         dims = np.where(active.any(), np.argmin(var, axis=1), -1)
@@ -86,8 +79,7 @@ def factor_vae_score(
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)}, got {protocol!r}")
-    if not isinstance(dataset, GroundTruthDataset):
-        raise TypeError(f"dataset must have ground-truth factors (a GroundTruthDataset), got {type(dataset).__name__}")
+    check_ground_truth(dataset)
     fields = {f.name for f in dataclasses.fields(Protocol)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
@@ -102,7 +94,7 @@ def factor_vae_score(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     rng = np.random.default_rng(seed)
-    reps = _encode_batches(encode, dataset.random_images(p.std_images, rng), batch_size)
+    reps = encode_batches(encode, dataset.random_images(p.std_images, rng), batch_size)
     std = np.std(reps, axis=0, ddof=p.std_ddof)
     active = (std > 0) & (std >= p.prune_below)
     scale = np.where(active, std, 1.0)  # inactive dimensions are never the argmin: no 0/0

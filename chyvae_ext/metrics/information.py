@@ -21,16 +21,15 @@ import numpy as np
 import torch
 
 from ..data.base import GroundTruthDataset
-from .factor_vae import _encode_batches
+from .common import check_ground_truth, encode_batches
 
 
 def _sample(encode, dataset: GroundTruthDataset, n: int, rng: np.random.Generator, batch_size: int):
-    if not isinstance(dataset, GroundTruthDataset):
-        raise TypeError(f"dataset must have ground-truth factors (a GroundTruthDataset), got {type(dataset).__name__}")
+    check_ground_truth(dataset)
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"the number of samples must be an integer >= 2, got {n!r}")
     factors = dataset.sample_factors(n, rng)
-    codes = _encode_batches(encode, dataset.images(factors), batch_size)
+    codes = encode_batches(encode, dataset.images(factors), batch_size)
     return codes, factors
 
 
@@ -52,6 +51,12 @@ def _mutual_information(a: np.ndarray, b: np.ndarray) -> float:
     pa, pb = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
     nz = joint > 0
     return float((joint[nz] * np.log(joint[nz] / (pa @ pb)[nz])).sum())
+
+
+def _top_gap(scores: np.ndarray) -> np.ndarray:
+    """Per column of a (d, K) score matrix: largest minus second-largest (the largest when d = 1)."""
+    top = np.sort(scores, axis=0)[::-1]
+    return top[0] - (top[1] if len(top) > 1 else 0.0)
 
 
 def _entropy(labels: np.ndarray) -> float:
@@ -77,9 +82,7 @@ def mig(
     d, k = codes.shape[1], factors.shape[1]
     mi = np.array([[_mutual_information(binned[:, i], factors[:, j]) for j in range(k)] for i in range(d)])
     entropy = np.array([_entropy(factors[:, j]) for j in range(k)])
-    top = np.sort(mi, axis=0)[::-1]
-    second = top[1] if d > 1 else np.zeros(k)
-    gaps = np.where(entropy > 0, (top[0] - second) / np.where(entropy > 0, entropy, 1.0), 0.0)
+    gaps = np.where(entropy > 0, _top_gap(mi) / np.where(entropy > 0, entropy, 1.0), 0.0)
     return {"mig": float(gaps.mean()), "per_factor": gaps, "mutual_information": mi, "factor_entropy": entropy}
 
 
@@ -99,6 +102,5 @@ def sap(
     var_c, var_f = (c**2).mean(0), (f**2).mean(0)
     denom = np.outer(var_c, var_f)
     scores = np.where(denom > 0, cov**2 / np.where(denom > 0, denom, 1.0), 0.0)
-    top = np.sort(scores, axis=0)[::-1]
-    gaps = top[0] - (top[1] if scores.shape[0] > 1 else 0.0)
+    gaps = _top_gap(scores)
     return {"sap": float(gaps.mean()), "per_factor": gaps, "scores": scores}

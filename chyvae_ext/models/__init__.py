@@ -29,12 +29,11 @@ def sample_prior(model: torch.nn.Module, n: int, *, generator: torch.Generator |
     d = model.latent_dim
     if isinstance(model, CHyVAE):
         nu = float(torch.as_tensor(model.nu).detach())
-        cov = model.prior_cov
-        sigma0 = (
-            torch.eye(d, dtype=torch.float64) * (1.0 if cov is None else cov)
-            if not torch.is_tensor(cov)
-            else cov.detach().to("cpu", torch.float64)
-        )
+        cov = model.prior_cov  # None, a positive float or a (d, d) tensor, as chyvae_regularizer takes it
+        if torch.is_tensor(cov):
+            sigma0 = cov.detach().to("cpu", torch.float64)
+        else:
+            sigma0 = torch.eye(d, dtype=torch.float64) * (1.0 if cov is None else float(cov))
         psi = max(nu - d - 1, 1.0) * sigma0
         z = sample_gaussian(sample_inverse_wishart(psi, nu, n, generator=generator), generator=generator)
         return z.to(device=param.device, dtype=param.dtype)
