@@ -57,6 +57,20 @@ def save_traversals(model, x: torch.Tensor, png: Path, gif: Path, steps: int = 1
     frames[0].save(gif, save_all=True, append_images=frames[1:], duration=120, loop=0)
 
 
+def save_model_pictures(model, fixed: torch.Tensor, root: Path, *, bf16: bool = False) -> None:
+    """reconstructions.png, samples.png (64 prior samples), traversals.png and traversals.gif in ``root``."""
+    from .models import sample_prior
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        save_reconstructions(model, fixed, root / "reconstructions.png")
+        save_samples(model, sample_prior(model, 64, generator=torch.Generator().manual_seed(0)), root / "samples.png")
+        save_traversals(model, fixed, root / "traversals.png", root / "traversals.gif")
+    model.train(was_training)
+
+
 def save_curves(metrics_path: Path, out: Path) -> None:
     """Loss terms against step from metrics.jsonl, one panel per term."""
     import matplotlib

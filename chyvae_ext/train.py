@@ -5,7 +5,8 @@ CPU. Everything a run produces lands in ``--out`` (default ``runs/<model>-<datas
 
     config.json        the resolved configuration
     metrics.jsonl      one JSON object per logging interval (kind "train": losses and their terms,
-                       steps/s) and per evaluation (kind "eval": held-out negative ELBO and terms)
+                       steps/s) and per evaluation (kind "eval": held-out negative ELBO and terms, and
+                       the --metrics, by default the FactorVAE score, on sets with ground-truth factors)
     status.json        running / finished / interrupted / failed, with the step
     tb/                TensorBoard event files
     checkpoints/       step_XXXXXXXX.pt, written atomically, the last few kept
@@ -31,8 +32,10 @@ from pathlib import Path
 import torch
 
 from .data import DataError, get_dataset
-from .models import BetaVAE, CHyVAE, FactorVAE, sample_prior
-from .plots import save_curves, save_reconstructions, save_samples, save_traversals
+from .data.base import GroundTruthDataset
+from .metrics import PROTOCOLS, make_encoder, parse_metrics, score
+from .models import BetaVAE, CHyVAE, FactorVAE
+from .plots import save_curves, save_model_pictures
 
 MODELS = ("chyvae", "betavae", "factorvae")
 SYNTHETIC = ("shapes2d", "dsprites", "correlated_ellipses")
@@ -59,7 +62,9 @@ class TrainConfig:
     impl: str = "auto"
     out: str | None = None
     log_every: int = 50
-    eval_every: int = 500
+    eval_every: int = 1250
+    metrics: str = "factor_vae"  # at every evaluation, on datasets with ground-truth factors; "none" to skip
+    metric_protocol: str = "chyvae"
     ckpt_every: int = 500
     keep_checkpoints: int = 3
 
@@ -111,6 +116,12 @@ def check_config(c: TrainConfig) -> None:
         raise ValueError(f"--nu must be greater than z_dim - 1 = {c.z_dim - 1} for CHyVAE, got {c.nu}")
     if c.precision not in ("fp32", "bf16"):
         raise ValueError(f"--precision must be fp32, bf16 or auto, got {c.precision!r}")
+    try:
+        parse_metrics(c.metrics)
+    except ValueError as exc:
+        raise ValueError(f"--{exc}") from exc
+    if c.metric_protocol not in PROTOCOLS:
+        raise ValueError(f"--metric-protocol must be one of {', '.join(PROTOCOLS)}, got {c.metric_protocol!r}")
     if c.impl not in ("auto", "fused", "reference"):
         raise ValueError(f"--impl must be auto, fused or reference, got {c.impl!r}")
     try:
@@ -127,6 +138,24 @@ def build_model(c: TrainConfig, channels: int) -> torch.nn.Module:
     if c.model == "betavae":
         return BetaVAE(c.z_dim, channels, c.hidden, beta=c.beta)
     return FactorVAE(c.z_dim, channels, c.hidden, gamma=c.gamma)
+
+
+def fixed_batches(dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(8 images for the pictures, 256 held-out images for the held-out ELBO), the same for every run on a dataset."""
+    fixed = next(dataset.batches(8, device=device, generator=torch.Generator().manual_seed(1234)))
+    held_out = next(dataset.batches(256, device=device, generator=torch.Generator().manual_seed(4321)))
+    return fixed, held_out
+
+
+def held_out_terms(model: torch.nn.Module, held_out: torch.Tensor, *, bf16: bool) -> dict[str, float]:
+    """The model's loss terms (neg_elbo, recon, ...) on the held-out batch, in eval mode, with fixed noise."""
+    device = held_out.device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model.loss(held_out, generator=torch.Generator(device=device).manual_seed(0))
+    model.train(was_training)
+    return {k: float(v) for k, v in out.items() if k not in ("z", "loss")}
 
 
 def load_config_file(path: str) -> dict:
@@ -298,12 +327,11 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> dict:
         run.truncate_metrics(step)
     run.write_json("config.json", dataclasses.asdict(c))
     batches = dataset.batches(c.batch_size, device=device, generator=data_gen)
-    fixed = next(dataset.batches(8, device=device, generator=torch.Generator().manual_seed(1234)))
-    held_out = next(dataset.batches(256, device=device, generator=torch.Generator().manual_seed(4321)))
+    fixed, held_out = fixed_batches(dataset, device)
+    metric_names = parse_metrics(c.metrics) if isinstance(dataset, GroundTruthDataset) else []
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(run.root / "tb"), purge_step=step if step else None)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.precision == "bf16")
     term_names = None
     sums = None
     bad = torch.zeros((), dtype=torch.bool, device=device)
@@ -324,26 +352,27 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> dict:
         }
 
     def evaluate() -> None:
-        """Held-out negative ELBO and its terms on a fixed batch of 256 images, logged as kind "eval"."""
-        model.eval()
-        with torch.no_grad(), autocast:
-            out = model.loss(held_out, generator=torch.Generator(device=device).manual_seed(0))
-        model.train()
-        row = {"kind": "eval", "step": step, **{k: float(v) for k, v in out.items() if k not in ("z", "loss")}}
+        """Held-out negative ELBO and its terms on a fixed batch of 256 images, and the disentanglement
+        metrics (same seed at every step, so that only the model changes), logged as kind "eval"."""
+        row = {"kind": "eval", "step": step, **held_out_terms(model, held_out, bf16=c.precision == "bf16")}
+        if metric_names:
+            t0 = time.perf_counter()
+            encode = make_encoder(model, precision=c.precision)
+            summary, _ = score(encode, dataset, metric_names, protocol=c.metric_protocol, seed=0)
+            row.update(summary, metric_seconds=time.perf_counter() - t0)
+            text = "  ".join(f"{k} {v:.3f}" for k, v in summary.items())
+            message = f"step {step}: {text} ({row['metric_seconds']:.0f} s)"
+            if bar is not None:
+                bar.write(message)
+            else:
+                print(message, flush=True)
         run.append_metrics(row)
         for k, v in row.items():
             if k not in ("kind", "step"):
                 writer.add_scalar(f"eval/{k}", v, step)
 
     def pictures() -> None:
-        model.eval()
-        with autocast:
-            save_reconstructions(model, fixed, run.root / "reconstructions.png")
-            save_samples(
-                model, sample_prior(model, 64, generator=torch.Generator().manual_seed(0)), run.root / "samples.png"
-            )
-            save_traversals(model, fixed, run.root / "traversals.png", run.root / "traversals.gif")
-        model.train()
+        save_model_pictures(model, fixed, run.root, bf16=c.precision == "bf16")
         save_curves(run.root / "metrics.jsonl", run.root / "curves.png")
 
     one_step = make_step(model, opt, opt_d, batches, noise_gen, bf16=c.precision == "bf16")
@@ -459,6 +488,12 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, Path | None]:
     parser.add_argument("--eval-every", dest="eval_every", type=int)
     parser.add_argument("--ckpt-every", dest="ckpt_every", type=int)
     parser.add_argument("--keep-checkpoints", dest="keep_checkpoints", type=int)
+    parser.add_argument(
+        "--metrics",
+        help="disentanglement metrics at each evaluation: factor_vae, mig, sap, dci, all or none "
+        f"(default {d.metrics}; only on datasets with ground-truth factors)",
+    )
+    parser.add_argument("--metric-protocol", dest="metric_protocol", choices=tuple(PROTOCOLS))
     args = vars(parser.parse_args(argv))
     config_file, resume = args.pop("config"), args.pop("resume")
     values: dict = {}

@@ -49,7 +49,8 @@ def values_to_classes(values: np.ndarray) -> np.ndarray:
     ).astype(np.int64)
 
 
-def _draw(classes: np.ndarray) -> np.ndarray:
+def _draw_literal(classes: np.ndarray) -> np.ndarray:
+    """The recipe as published: one 256 x 256 canvas per image, area-resized to 64 x 64."""
     out = np.empty((len(classes), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     canvas = np.zeros((CANVAS, CANVAS), dtype=np.uint8)
     for i, (cx, cy, cs, ca) in enumerate(classes):
@@ -62,6 +63,49 @@ def _draw(classes: np.ndarray) -> np.ndarray:
     return out
 
 
+# The same pixels, about 12x faster. The filled ellipse has an integer centre, so moving the centre
+# by 4 canvas pixels moves the drawing by exactly 4 pixels, and the 4x area resize averages aligned
+# 4 x 4 blocks: an image is a pre-resized patch (one per scale, angle and centre mod 4) pasted at
+# centre // 4, cropped where the canvas ends. A test checks it equals _draw_literal bit for bit.
+_PATCH_CENTRE, _PATCH = 56, 112  # canvas pixels; the centre is a multiple of 4, the patch covers 2 x 51
+_PATCHES: np.ndarray | None = None
+
+
+def _patches() -> np.ndarray:
+    """uint8 (scale, angle, cy % 4, cx % 4, 28, 28): every pre-resized ellipse, built once (~0.1 s)."""
+    global _PATCHES
+    if _PATCHES is None:
+        side = _PATCH // 4
+        patches = np.zeros((len(SCALE_GRID), len(ANGLE_GRID), 4, 4, side, side), dtype=np.uint8)
+        canvas = np.zeros((_PATCH, _PATCH), dtype=np.uint8)
+        for cs, s in enumerate(SCALE_GRID):
+            axes = (int(round(s * 50)), int(round(s * 25)))
+            for ca, angle in enumerate(ANGLE_GRID):
+                for ry in range(4):
+                    for rx in range(4):
+                        canvas.fill(0)
+                        centre = (_PATCH_CENTRE + rx, _PATCH_CENTRE + ry)
+                        cv2.ellipse(canvas, centre, axes, float(angle), 0, 360, 255, -1)
+                        patches[cs, ca, ry, rx] = cv2.resize(canvas, (side, side), interpolation=cv2.INTER_AREA)
+        _PATCHES = patches
+    return _PATCHES
+
+
+def _draw(classes: np.ndarray) -> np.ndarray:
+    patches = _patches()
+    side = patches.shape[-1]
+    cx = np.rint(X_GRID[classes[:, 0]] * 156 + 50).astype(np.int64)
+    cy = np.rint(X_GRID[classes[:, 1]] * 156 + 50).astype(np.int64)
+    top, left = cy // 4 - _PATCH_CENTRE // 4, cx // 4 - _PATCH_CENTRE // 4  # may reach a little past the edges
+    pad = max(0, -int(min(top.min(initial=0), left.min(initial=0))))
+    pad = max(pad, int(max(top.max(initial=0), left.max(initial=0))) + side - IMAGE_SIZE)
+    frame = np.zeros((len(classes), IMAGE_SIZE + 2 * pad, IMAGE_SIZE + 2 * pad), dtype=np.uint8)
+    top, left = top + pad, left + pad
+    for i, (cs, ca) in enumerate(classes[:, 2:]):
+        frame[i, top[i] : top[i] + side, left[i] : left[i] + side] = patches[cs, ca, cy[i] % 4, cx[i] % 4]
+    return np.ascontiguousarray(frame[:, pad : pad + IMAGE_SIZE, pad : pad + IMAGE_SIZE])
+
+
 def render(values: np.ndarray) -> np.ndarray:
     """The published recipe: continuous factor values in [0, 1]^4 (n, 4) to uint8 images (n, 64, 64)."""
     v = np.asarray(values, dtype=np.float64)
@@ -71,7 +115,7 @@ def render(values: np.ndarray) -> np.ndarray:
         raise ValueError("values must be finite and lie in [0, 1], got non-finite entries")
     if v.size and (v.min() < 0 or v.max() > 1):
         raise ValueError(f"values must lie in [0, 1], got range [{v.min()}, {v.max()}]")
-    return _draw(values_to_classes(v))
+    return _draw_literal(values_to_classes(v))
 
 
 class CorrelatedEllipses(GroundTruthDataset):
@@ -91,7 +135,7 @@ class CorrelatedEllipses(GroundTruthDataset):
 
     def images(self, factors: np.ndarray) -> np.ndarray:
         f = self.check_factors(factors)
-        return (_draw(f).astype(np.float32) / 255.0)[:, None]
+        return np.divide(_draw(f)[:, None], np.float32(255), dtype=np.float32)
 
     def materialise(self, size: int = DEFAULT_SIZE, *, seed: int = 0) -> MaterialisedImages:
         """A fixed set of ``size`` images, the same for the same seed (the paper trains on 200,000)."""

@@ -1,0 +1,149 @@
+"""``python -m chyvae_ext.evaluate RUN_DIR``: score a trained run and refresh its pictures.
+
+Loads the run's last checkpoint (or ``--checkpoint``), computes the held-out negative ELBO on the
+same fixed batch training uses and the requested disentanglement metrics (``--metrics``, default
+factor_vae; any of factor_vae, mig, sap, dci, or all) on the run's dataset, and writes:
+
+    eval.json          step, checkpoint, held-out terms, metric summary and details, timings
+    reconstructions.png, samples.png, traversals.png, traversals.gif   (refreshed)
+
+Training's ``--eval-every`` computes its metrics with the same functions
+(:func:`chyvae_ext.metrics.score` on :func:`chyvae_ext.metrics.make_encoder`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .data import DataError, get_dataset
+from .data.base import GroundTruthDataset
+from .metrics import METRICS, PROTOCOLS, make_encoder, parse_metrics, score
+from .plots import save_model_pictures
+from .train import Run, TrainConfig, build_model, fixed_batches, held_out_terms
+
+
+def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, device: str | None = None):
+    """(model in eval mode, its TrainConfig, the checkpoint's path, its step) for a run directory."""
+    root = Path(run_dir)
+    if not (root / "config.json").is_file():
+        raise ValueError(f"RUN_DIR {root}: no config.json there (not a run directory)")
+    config = TrainConfig(**json.loads((root / "config.json").read_text()))
+    if device is not None:
+        config = dataclasses.replace(config, device=device)
+    if checkpoint is None:
+        ckpts = Run(root).checkpoints()
+        if not ckpts:
+            raise ValueError(f"RUN_DIR {root}: no checkpoint in {root / 'checkpoints'}")
+        checkpoint = ckpts[-1]
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise ValueError(f"--checkpoint {checkpoint}: no such file")
+    dev = torch.device(config.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {config.device}: no CUDA GPU is available")
+    state = torch.load(checkpoint, map_location=dev, weights_only=False)
+    model = build_model(config, state.get("channels", 1)).to(dev)
+    model.load_state_dict(state["model"])
+    return model.eval(), config, checkpoint, int(state["step"])
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    metrics: str | list[str] = "factor_vae",
+    protocol: str = "chyvae",
+    seed: int = 0,
+    device: str | None = None,
+    precision: str | None = None,
+    checkpoint: str | Path | None = None,
+    pictures: bool = True,
+) -> dict:
+    """Score the run in ``run_dir``; writes and returns the eval.json record. Raises ValueError for bad options."""
+    names = parse_metrics(metrics)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if precision not in (None, "fp32", "bf16"):
+        raise ValueError(f"--precision must be fp32 or bf16, got {precision!r}")
+    model, config, ckpt, step = load_run(run_dir, checkpoint=checkpoint, device=device)
+    precision = precision or config.precision
+    try:
+        dataset = get_dataset(config.dataset, config.data_root)
+    except (DataError, TypeError) as exc:
+        raise ValueError(f"the run's dataset {config.dataset}: {exc}") from exc
+    if names and not isinstance(dataset, GroundTruthDataset):
+        raise ValueError(
+            f"--metrics {','.join(names)} needs a dataset with ground-truth factors; {config.dataset} has none "
+            "(use --metrics none for the held-out ELBO and the pictures)"
+        )
+    root = Path(run_dir)
+    t0 = time.perf_counter()
+    dev = next(model.parameters()).device
+    fixed, held_out = fixed_batches(dataset, dev)
+    record = {
+        "run": str(root),
+        "checkpoint": str(ckpt),
+        "step": step,
+        "model": config.model,
+        "dataset": config.dataset,
+        "protocol": protocol,
+        "seed": seed,
+        "precision": precision,
+        "held_out": held_out_terms(model, held_out, bf16=precision == "bf16"),
+    }
+    summary, details = score(make_encoder(model, precision=precision), dataset, names, protocol=protocol, seed=seed)
+    record["metrics"] = summary
+    record["details"] = details
+    if pictures:
+        save_model_pictures(model, fixed, root, bf16=precision == "bf16")
+    record["seconds"] = time.perf_counter() - t0
+    tmp = root / ".eval.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(root / "eval.json")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m chyvae_ext.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", type=Path)
+    parser.add_argument("--metrics", default="factor_vae", help=f"comma-separated: {', '.join(METRICS)}, all or none")
+    parser.add_argument("--protocol", default="chyvae", help=f"FactorVAE metric protocol: {', '.join(PROTOCOLS)}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", help="default: the run's device")
+    parser.add_argument("--precision", help="fp32 or bf16 (default: the run's)")
+    parser.add_argument("--checkpoint", type=Path, help="default: the run's last checkpoint")
+    parser.add_argument("--no-pictures", dest="pictures", action="store_false")
+    args = parser.parse_args(argv)
+    try:
+        record = evaluate_run(
+            args.run_dir,
+            metrics=args.metrics,
+            protocol=args.protocol,
+            seed=args.seed,
+            device=args.device,
+            precision=args.precision,
+            checkpoint=args.checkpoint,
+            pictures=args.pictures,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    scores = "  ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items())
+    print(
+        f"{record['run']} step {record['step']}: held-out neg_elbo {record['held_out']['neg_elbo']:.2f} "
+        f"recon {record['held_out']['recon']:.2f}  {scores}  ({record['seconds']:.1f} s) -> "
+        f"{args.run_dir / 'eval.json'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""Scoring a trained model: its encoder as a batched function, and the metrics by name.
+
+Used by ``python -m chyvae_ext.evaluate`` and by training at every ``--eval-every``, so a score in
+``metrics.jsonl`` and one in ``eval.json`` come from the same code.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ..data.base import GroundTruthDataset
+from .dci import dci
+from .factor_vae import factor_vae_score
+from .information import mig, sap
+
+METRICS = ("factor_vae", "mig", "sap", "dci")
+
+
+def parse_metrics(spec: str | list[str] | tuple[str, ...]) -> list[str]:
+    """"factor_vae,mig" / ["mig"] / "all" / "none" to a list of known metric names."""
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if names == ["none"]:
+        return []
+    if names == ["all"]:
+        return list(METRICS)
+    unknown = [n for n in names if n not in METRICS]
+    if unknown or not names:
+        raise ValueError(
+            f"metrics must be a comma-separated list of {', '.join(METRICS)} (or 'all' or 'none'), got {spec!r}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def make_encoder(model: torch.nn.Module, *, precision: str = "fp32", chunk: int | None = None) -> Callable:
+    """A function from float images (n, C, 64, 64) on any device to posterior means, float32 (n, d) on the CPU.
+
+    ``precision`` "bf16" runs a bf16 copy of the model in channels-last layout (about 2-3x faster on
+    CPUs with bf16 matrix units); "fp32" runs the model as it is. The model itself is not changed.
+    """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    device = next(model.parameters()).device
+    chunk = chunk or (200 if device.type == "cpu" else 4096)
+    net = copy.deepcopy(model).eval()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    net = net.to(dtype)
+    if precision == "bf16":
+        net = net.to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for start in range(0, len(x), chunk):
+            xb = x[start : start + chunk].to(device, dtype, non_blocking=True)
+            if precision == "bf16":
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            out.append(net.encode(xb).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, model.latent_dim)
+
+    return encode
+
+
+def score(
+    encode: Callable,
+    dataset: GroundTruthDataset,
+    metrics: list[str],
+    *,
+    protocol: str = "chyvae",
+    seed: int = 0,
+) -> tuple[dict, dict]:
+    """Run the named metrics. Returns (summary: name -> float, details: each metric's output, JSON-ready)."""
+    summary: dict[str, float] = {}
+    details: dict[str, dict] = {}
+    for name in metrics:
+        t0 = time.perf_counter()
+        if name == "factor_vae":
+            out = factor_vae_score(encode, dataset, protocol=protocol, seed=seed)
+            summary["factor_vae"] = out["eval_accuracy"]
+            summary["factor_vae_train"] = out["train_accuracy"]
+        elif name == "mig":
+            out = mig(encode, dataset, seed=seed)
+            summary["mig"] = out["mig"]
+        elif name == "sap":
+            out = sap(encode, dataset, seed=seed)
+            summary["sap"] = out["sap"]
+        elif name == "dci":
+            out = dci(encode, dataset, seed=seed)
+            summary.update({f"dci_{k}": out[k] for k in ("disentanglement", "completeness", "informativeness_test")})
+        else:
+            raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
+        details[name] = {k: _jsonable(v) for k, v in out.items()} | {"seconds": time.perf_counter() - t0}
+    return summary, details
+
+
+def _jsonable(v):
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
