@@ -1,0 +1,57 @@
+"""``python -m chyvae_ext.experiments {sweep,collect,plot}``.
+
+sweep --grid FILE [--dry-run]    run a grid of trainings (resumable; see chyvae_ext.experiments.grid)
+collect ROOT [--out DIR]         results.csv and results_by_step.csv from every run under ROOT
+plot CSV [--out DIR]             tradeoff.png, by_step.png, time.png from collect's CSVs
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .collect import collect_runs, markdown_table, summarise
+from .grid import load_grid
+from .plot import plot_all
+from .sweep import sweep
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m chyvae_ext.experiments",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("sweep", help="run a grid of trainings")
+    p.add_argument("--grid", required=True, help="YAML or JSON grid file")
+    p.add_argument("--dry-run", action="store_true", help="list what would run")
+    p = sub.add_parser("collect", help="gather runs into CSV")
+    p.add_argument("root", metavar="ROOT")
+    p.add_argument("--out", help="directory for the CSVs (default ROOT)")
+    p = sub.add_parser("plot", help="draw the figures")
+    p.add_argument("csv", metavar="CSV")
+    p.add_argument("--out", help="directory for the figures (default: the CSV's)")
+    p.add_argument("--metric", default="factor_vae")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "sweep":
+            outcome = sweep(load_grid(args.grid), dry_run=args.dry_run)
+            if any(o == "interrupted" for o in outcome.values()):
+                return 130
+            return 1 if any(o == "failed" for o in outcome.values()) else 0
+        if args.command == "collect":
+            path, rows = collect_runs(args.root, args.out)
+            print(markdown_table(summarise(rows)))
+            print(f"{len(rows)} runs -> {path} and {path.with_name('results_by_step.csv')}")
+            return 0
+        for path in plot_all(args.csv, args.out, args.metric):
+            print(path)
+        return 0
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""Gather every run under a directory into CSV: final metrics per run, and every evaluation by step.
+
+``results.csv``: one row per run with its model, swept hyperparameter and value, seed, final step,
+state, the last evaluation's metrics and held-out terms, and the median training time per 1,000
+steps. ``results_by_step.csv``: one row per evaluation of every run (for metric-vs-step figures).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+HYPER = {"chyvae": "nu", "betavae": "beta", "factorvae": "gamma"}
+_FIRST = ["run", "model", "hyper", "value", "seed", "step", "state"]
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _run_rows(run_dir: Path) -> tuple[dict, list[dict]] | None:
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {}
+    rows = _read_rows(run_dir / "metrics.jsonl")
+    model = config["model"]
+    head = {
+        "run": run_dir.name,
+        "model": model,
+        "hyper": HYPER[model],
+        "value": config[HYPER[model]],
+        "seed": config["seed"],
+        "step": status.get("step", 0),
+        "state": status.get("state", "unknown"),
+    }
+    evals = [r for r in rows if r.get("kind") == "eval"]
+    by_step = [head | {"step": r["step"]} | {k: v for k, v in r.items() if k not in ("kind", "step")} for r in evals]
+    final = dict(head)
+    if evals:
+        final |= {k: v for k, v in evals[-1].items() if k not in ("kind", "step")}
+    speeds = [r["steps_per_s"] for r in rows if r.get("kind") == "train" and r.get("steps_per_s")]
+    if speeds:
+        final["sec_per_1000_steps"] = 1000.0 / statistics.median(speeds)
+    return final, by_step
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    keys = list(_FIRST)
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def collect_runs(root: str | Path, out: str | Path | None = None) -> tuple[Path, list[dict]]:
+    """Write ``results.csv`` and ``results_by_step.csv`` (in ``out``, default ``root``); returns (csv path, rows)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"ROOT {root}: no such directory")
+    finals, steps = [], []
+    for run_dir in sorted(p.parent for p in root.rglob("config.json")):
+        got = _run_rows(run_dir)
+        if got is not None:
+            finals.append(got[0])
+            steps += got[1]
+    if not finals:
+        raise ValueError(f"ROOT {root}: no run directories (with config.json) under it")
+    out = Path(out) if out is not None else root
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / "results.csv", finals)
+    _write_csv(out / "results_by_step.csv", steps)
+    return out / "results.csv", finals
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    """Rows of a CSV written by collect, numbers as floats where they parse."""
+
+    def conv(v: str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+
+    with open(path, newline="") as f:
+        return [{k: conv(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def summarise(rows: list[dict], metrics: tuple[str, ...] = ("factor_vae", "recon", "neg_elbo")) -> list[dict]:
+    """Per (model, hyperparameter value): n seeds, and mean and sample std of each metric."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["hyper"], float(r["value"])), []).append(r)
+    out = []
+    for (model, hyper, value), rs in sorted(groups.items()):
+        s = {"model": model, "hyper": hyper, "value": value, "seeds": len(rs)}
+        for m in metrics:
+            vals = [float(r[m]) for r in rs if m in r and r[m] != ""]
+            if vals:
+                s[f"{m}_mean"] = statistics.fmean(vals)
+                s[f"{m}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out.append(s)
+    return out
+
+
+def markdown_table(summary: list[dict], metrics: tuple[str, ...] = ("factor_vae", "recon")) -> str:
+    head = "| model | hyperparameter | seeds | " + " | ".join(f"{m} (mean +- std)" for m in metrics) + " |"
+    lines = [head, "|" + "---|" * (3 + len(metrics))]
+    for s in summary:
+        cells = [f"{s[f'{m}_mean']:.3f} +- {s[f'{m}_std']:.3f}" if f"{m}_mean" in s else "-" for m in metrics]
+        lines.append(f"| {s['model']} | {s['hyper']} = {s['value']:g} | {s['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,119 @@
+"""Grid files: which (model, hyperparameter, seed) runs a sweep holds.
+
+A grid is YAML or JSON::
+
+    out: experiments/runs/ellipses     # where the run directories go (relative to the grid file)
+    jobs: 2                            # training processes at once
+    threads: 1                         # torch threads per process
+    seeds: [0, 1, 2]
+    common: {dataset: correlated_ellipses, steps: 1200, eval_every: 400}
+    runs:
+      - {model: chyvae, nu: [12, 200, 1000]}
+      - {model: betavae, beta: [1, 4]}
+      - {model: factorvae, gamma: [10, 40]}
+
+Each entry of ``runs`` is expanded over the product of its list-valued options and the seeds;
+every option is a training option (:class:`chyvae_ext.train.TrainConfig`). A run is named after
+its model, its swept options and its seed, e.g. ``chyvae-nu200-seed1``; runs are ordered seed
+by seed, so that a sweep stopped part-way has covered every setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import os
+from pathlib import Path
+
+from ..train import TrainConfig
+
+_KNOWN = {f.name for f in dataclasses.fields(TrainConfig)} - {"out", "seed"}
+_GRID_KEYS = {"out", "jobs", "threads", "seeds", "common", "runs"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    name: str
+    options: dict  # TrainConfig options, seed included, out excluded
+    swept: dict  # the options this run's entry varies (its hyperparameters)
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    out: Path
+    jobs: int
+    threads: int
+    runs: list[RunSpec]
+
+
+def _name(model: str, swept: dict, seed: int) -> str:
+    parts = [model] + [
+        f"{k.replace('_', '')}{v:g}" if isinstance(v, float) else f"{k.replace('_', '')}{v}" for k, v in swept.items()
+    ]
+    return "-".join([*parts, f"seed{seed}"])
+
+
+def expand_grid(spec: dict, *, base: Path = Path(".")) -> Grid:
+    """The runs of a grid mapping (see the module docstring). Raises ValueError naming what is wrong."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"grid: expected a mapping, got {type(spec).__name__}")
+    unknown = sorted(set(spec) - _GRID_KEYS)
+    if unknown:
+        raise ValueError(f"grid: unknown key(s) {', '.join(unknown)}; keys: {', '.join(sorted(_GRID_KEYS))}")
+    for key in ("jobs", "threads"):
+        v = spec.get(key, 1)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"grid: {key} must be a positive integer, got {v!r}")
+    seeds = spec.get("seeds", [0])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
+        raise ValueError(f"grid: seeds must be a non-empty list of integers, got {seeds!r}")
+    common = spec.get("common", {})
+    entries = spec.get("runs")
+    if not isinstance(common, dict):
+        raise ValueError(f"grid: common must be a mapping of training options, got {common!r}")
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"grid: runs must be a non-empty list of mappings, got {entries!r}")
+    runs: list[RunSpec] = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "model" not in entry:
+            raise ValueError(f"grid: runs[{i}] must be a mapping with a model, got {entry!r}")
+        options = {**common, **entry}
+        bad = sorted(set(options) - _KNOWN)
+        if bad:
+            raise ValueError(f"grid: runs[{i}]: unknown training option(s) {', '.join(bad)}")
+        swept_keys = [k for k, v in entry.items() if isinstance(v, list)]
+        for k in swept_keys:
+            if not entry[k]:
+                raise ValueError(f"grid: runs[{i}].{k} is an empty list")
+        for values in itertools.product(*(entry[k] for k in swept_keys)):
+            swept = dict(zip(swept_keys, values, strict=True))
+            for seed in seeds:
+                opts = {**options, **swept, "seed": seed}
+                runs.append(RunSpec(_name(opts["model"], swept, seed), opts, swept))
+    names = [r.name for r in runs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"grid: two runs would share the directory name {dupes[0]}")
+    runs.sort(key=lambda r: r.options["seed"])  # seed-major: a partial sweep covers every setting
+    out = Path(spec.get("out", "runs/sweep"))
+    out = Path(os.path.normpath(out if out.is_absolute() else base / out))
+    return Grid(out, spec.get("jobs", 1), spec.get("threads", 1), runs)
+
+
+def load_grid(path: str | Path) -> Grid:
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"--grid: no file at {p}")
+    text = p.read_text()
+    if p.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        spec = yaml.safe_load(text)
+    else:
+        spec = json.loads(text)
+    return expand_grid(spec, base=p.parent)

@@ -1,0 +1,154 @@
+"""The paper's figures from the CSVs that ``collect`` writes.
+
+- ``tradeoff.png`` (the paper's Figs. 2-3): disentanglement (FactorVAE score) against held-out
+  reconstruction error, one point per model and hyperparameter value: the mean over seeds with
+  error bars of one standard deviation on both axes. Up and to the left is better.
+- ``by_step.png`` (Fig. 4): the FactorVAE score and the reconstruction error against training
+  step, mean over seeds with a band of one standard deviation.
+- ``time.png`` (Fig. 13): training time per 1,000 steps per model (median over runs).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from .collect import read_csv, summarise
+
+MODEL_NAMES = {"chyvae": "CHyVAE", "betavae": "beta-VAE", "factorvae": "FactorVAE"}
+COLOURS = {"chyvae": "tab:red", "betavae": "tab:blue", "factorvae": "tab:green"}
+MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_tradeoff(rows: list[dict], out: Path, metric: str = "factor_vae") -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    summary = summarise(rows, (metric, "recon"))
+    per_model: dict[str, int] = {}
+    for s in summary:
+        if f"{metric}_mean" not in s or "recon_mean" not in s:
+            continue
+        i = per_model.setdefault(s["model"], 0)
+        per_model[s["model"]] += 1
+        ax.errorbar(
+            s["recon_mean"],
+            s[f"{metric}_mean"],
+            xerr=s["recon_std"],
+            yerr=s[f"{metric}_std"],
+            fmt=MARKERS[i % len(MARKERS)],
+            color=COLOURS.get(s["model"], "k"),
+            capsize=3,
+            ms=7,
+            label=f"{MODEL_NAMES.get(s['model'], s['model'])} {s['hyper']}={s['value']:g} (n={s['seeds']})",
+        )
+    ax.set_xlabel("held-out reconstruction error (nats, BCE summed over pixels)")
+    ax.set_ylabel(f"{metric} (mean +- std over seeds)")
+    ax.set_title("disentanglement vs reconstruction")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def plot_by_step(rows: list[dict], out: Path, metric: str = "factor_vae") -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    groups: dict[tuple, dict[float, list[dict]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["hyper"], float(r["value"])), {}).setdefault(float(r["step"]), []).append(r)
+    per_model: dict[str, int] = {}
+    for (model, hyper, value), by_step in sorted(groups.items()):
+        i = per_model.setdefault(model, 0)
+        per_model[model] += 1
+        steps = sorted(by_step)
+        for ax, key in zip(axes, (metric, "recon"), strict=True):
+            vals = [[float(r[key]) for r in by_step[s] if key in r] for s in steps]
+            keep = [j for j, v in enumerate(vals) if v]
+            if not keep:
+                continue
+            xs = [steps[j] for j in keep]
+            mean = [statistics.fmean(vals[j]) for j in keep]
+            std = [statistics.stdev(vals[j]) if len(vals[j]) > 1 else 0.0 for j in keep]
+            ax.plot(
+                xs,
+                mean,
+                marker=MARKERS[i % len(MARKERS)],
+                color=COLOURS.get(model, "k"),
+                ms=5,
+                label=f"{MODEL_NAMES.get(model, model)} {hyper}={value:g}",
+                alpha=0.9,
+            )
+            ax.fill_between(
+                xs,
+                [m - s for m, s in zip(mean, std, strict=True)],
+                [m + s for m, s in zip(mean, std, strict=True)],
+                color=COLOURS.get(model, "k"),
+                alpha=0.08,
+            )
+    axes[0].set_ylabel(f"{metric} (mean over seeds, band: +- std)")
+    axes[1].set_ylabel("held-out reconstruction error (nats)")
+    for ax in axes:
+        ax.set_xlabel("training step")
+        ax.grid(alpha=0.3)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def plot_time(rows: list[dict], out: Path) -> None:
+    plt = _plt()
+    per_model: dict[str, list[float]] = {}
+    for r in rows:
+        if "sec_per_1000_steps" in r:
+            per_model.setdefault(r["model"], []).append(float(r["sec_per_1000_steps"]))
+    models = [m for m in ("betavae", "factorvae", "chyvae") if m in per_model] + sorted(
+        m for m in per_model if m not in MODEL_NAMES
+    )
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    medians = [statistics.median(per_model[m]) for m in models]
+    ax.bar([MODEL_NAMES.get(m, m) for m in models], medians, color=[COLOURS.get(m, "grey") for m in models])
+    for x, v in enumerate(medians):
+        ax.text(x, v, f"{v:.0f} s", ha="center", va="bottom")
+    ax.set_ylabel("seconds per 1,000 training steps (median over runs)")
+    ax.set_title("training time")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def plot_all(csv_path: str | Path, out_dir: str | Path | None = None, metric: str = "factor_vae") -> list[Path]:
+    """Draw the three figures from ``results.csv`` (and ``results_by_step.csv`` beside it); returns their paths."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise ValueError(f"CSV {csv_path}: no such file (write it with: python -m chyvae_ext.experiments collect ROOT)")
+    rows = read_csv(csv_path)
+    if not rows:
+        raise ValueError(f"CSV {csv_path}: no rows")
+    missing = [k for k in ("model", "hyper", "value") if k not in rows[0]]
+    if missing:
+        raise ValueError(f"CSV {csv_path}: not a collect results file (no column {missing[0]})")
+    out = Path(out_dir) if out_dir is not None else csv_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "tradeoff.png", out / "time.png"]
+    plot_tradeoff(rows, paths[0], metric)
+    plot_time(rows, paths[1])
+    by_step = csv_path.with_name("results_by_step.csv")
+    if by_step.is_file():
+        step_rows = read_csv(by_step)
+        if step_rows:
+            paths.append(out / "by_step.png")
+            plot_by_step(step_rows, paths[-1], metric)
+    return paths
