@@ -183,3 +183,101 @@ def test_mig_sap_constant_dimension_and_bad_arguments():
         sap(enc, CodedFactors(), num_train=1)
     with pytest.raises(TypeError, match=r"dataset must have ground-truth factors"):
         mig(enc, get_dataset("correlated_ellipses", size=10))
+
+
+# ---- DCI --------------------------------------------------------------------------------------
+
+
+def test_dci_from_importance_against_scipy_entropy():
+    """The weighted-entropy formulas of Eastwood & Williams, recomputed with scipy.stats.entropy."""
+    from scipy.stats import entropy
+
+    from chyvae_ext.metrics import dci_from_importance
+
+    r = np.random.default_rng(0).random((6, 4))
+    dis, comp = dci_from_importance(r)
+    d_per = 1 - entropy(r.T + 1e-11, base=4)  # columns of r.T: one code dimension each
+    c_per = 1 - entropy(r + 1e-11, base=6)
+    assert np.isclose(dis, (d_per * r.sum(1) / r.sum()).sum(), rtol=1e-12)
+    assert np.isclose(comp, (c_per * r.sum(0) / r.sum()).sum(), rtol=1e-12)
+    # A permutation matrix (padded with useless dimensions) is perfectly disentangled and complete.
+    perfect = np.vstack([np.eye(4)[[2, 0, 3, 1]], np.zeros((2, 4))])
+    assert np.allclose(dci_from_importance(perfect), (1.0, 1.0), atol=1e-8)
+    assert np.allclose(dci_from_importance(np.ones((4, 4))), (0.0, 0.0), atol=1e-8)
+    assert dci_from_importance(np.zeros((3, 2))) == (0.0, 0.0)
+    with pytest.raises(ValueError, match=r"importance must be a finite non-negative \(d, K\) matrix"):
+        dci_from_importance(-r)
+
+
+def test_dci_on_known_representations():
+    from chyvae_ext.metrics import dci
+
+    kw = {"num_train": 1500, "num_test": 500, "n_estimators": 10}
+    good = dci(factor_encoder(), CodedFactors(), **kw)
+    assert good["importance"].shape == (6, 4)
+    assert good["disentanglement"] > 0.9 and good["completeness"] > 0.9
+    assert good["informativeness_test"] > 0.95
+    gen = torch.Generator().manual_seed(0)
+    noise = dci(lambda x: torch.randn(len(x), 6, generator=gen), CodedFactors(), **kw)
+    assert noise["disentanglement"] < 0.3 and noise["completeness"] < 0.3
+    assert noise["informativeness_test"] < 0.3  # chance is 1/5 .. 1/10 per factor
+    again = dci(factor_encoder(), CodedFactors(), **kw)
+    assert again["disentanglement"] == good["disentanglement"]  # same seed, same score
+    const = dci(factor_encoder(constant_dims=1), CodedFactors(), **kw)
+    assert np.isfinite(const["disentanglement"]) and const["importance"][5].sum() == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_train": 1}, r"num_train must be an integer >= 2, got 1"),
+        ({"num_test": 0}, r"num_test must be an integer >= 1, got 0"),
+        ({"n_estimators": 2.5}, r"n_estimators must be an integer >= 1, got 2.5"),
+    ],
+)
+def test_dci_bad_arguments(kwargs, match):
+    from chyvae_ext.metrics import dci
+
+    with pytest.raises(ValueError, match=match):
+        dci(factor_encoder(), CodedFactors(), **kwargs)
+
+
+# ---- the suite used by training and evaluate -----------------------------------------------------
+
+
+def test_parse_metrics():
+    from chyvae_ext.metrics import METRICS, parse_metrics
+
+    assert parse_metrics("factor_vae, mig,mig") == ["factor_vae", "mig"]
+    assert parse_metrics("all") == list(METRICS) and parse_metrics("none") == []
+    assert parse_metrics(["sap"]) == ["sap"]
+    for bad in ("fvae", "", "none,mig"):
+        with pytest.raises(ValueError, match=r"metrics must be a comma-separated list of factor_vae, mig, sap, dci"):
+            parse_metrics(bad)
+
+
+def test_make_encoder_matches_the_model():
+    from chyvae_ext.metrics import make_encoder
+    from chyvae_ext.models import BetaVAE, CHyVAE
+
+    x = torch.from_numpy(get_dataset("shapes2d").random_images(50, np.random.default_rng(0)))
+    for model in (CHyVAE(10, 1, 32), BetaVAE(10, 1, 32)):
+        with torch.no_grad():
+            want = model.eval().encode(x)
+        fp32 = make_encoder(model, precision="fp32", chunk=16)(x)
+        assert fp32.dtype == torch.float32 and torch.allclose(fp32, want, rtol=1e-5, atol=1e-6)
+        bf16 = make_encoder(model, precision="bf16")(x)
+        assert torch.allclose(bf16, want, rtol=0.05, atol=0.05)  # bf16 has 8 bits of mantissa
+        assert next(model.parameters()).dtype == torch.float32  # the model itself is untouched
+    with pytest.raises(ValueError, match=r"precision must be fp32 or bf16, got 'fp16'"):
+        make_encoder(model, precision="fp16")
+
+
+def test_score_runs_the_named_metrics():
+    from chyvae_ext.metrics import score
+
+    summary, details = score(factor_encoder(), CodedFactors(), ["factor_vae", "sap"], protocol="chyvae")
+    assert set(summary) == {"factor_vae", "factor_vae_train", "sap"} and summary["factor_vae"] == 1.0
+    assert details["factor_vae"]["seconds"] > 0 and isinstance(details["factor_vae"]["votes"], list)
+    with pytest.raises(ValueError, match=r"unknown metric 'x'"):
+        score(factor_encoder(), CodedFactors(), ["x"])

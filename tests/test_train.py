@@ -11,7 +11,17 @@ import numpy as np
 import pytest
 import torch
 
+from chyvae_ext.metrics import PROTOCOLS
+from chyvae_ext.metrics.factor_vae import Protocol
 from chyvae_ext.train import TrainConfig, main, train
+
+# The FactorVAE metric runs at every evaluation; in these tests with a small protocol (same code).
+SMALL_PROTOCOL = Protocol(votes_per_sample=16, train_votes=20, eval_votes=20, std_images=100, std_ddof=0, prune_below=0.0)
+
+
+@pytest.fixture(autouse=True)
+def small_metric_protocol(monkeypatch):
+    monkeypatch.setitem(PROTOCOLS, "chyvae", SMALL_PROTOCOL)
 
 FAST = {
     "steps": 12,
@@ -54,6 +64,7 @@ def test_run_directory(tmp_path, model):
     assert all(r["steps_per_s"] > 0 and r["neg_elbo"] > 0 for r in rows)
     evals = [r for r in all_rows if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [12] and evals[0]["neg_elbo"] > evals[0]["recon"] > 0
+    assert 0 <= evals[0]["factor_vae"] <= 1 and evals[0]["metric_seconds"] > 0  # the default --metrics
     term = {"chyvae": "regularizer", "betavae": "kl", "factorvae": "tc"}[model]
     assert term in rows[0]
     assert len(list((run / "checkpoints").glob("step_*.pt"))) == 3  # keep_checkpoints
@@ -100,6 +111,8 @@ def test_signals_leave_a_loadable_checkpoint(tmp_path, sig):
         "100000",
         "--precision",
         "fp32",
+        "--metrics",
+        "none",
         "--out",
         str(out),
     ]
@@ -178,6 +191,7 @@ def test_config_file_and_flags(tmp_path):
         (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
         (["--config", "/nonexistent.yaml"], "--config: no file at /nonexistent.yaml"),
         (["--resume", "/nonexistent_run"], "--resume /nonexistent_run: no config.json there"),
+        (["--metrics", "fvae"], "--metrics must be a comma-separated list of factor_vae, mig, sap, dci"),
     ],
 )
 def test_bad_options_fail_before_training(tmp_path, capsys, args, match):

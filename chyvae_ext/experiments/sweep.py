@@ -42,17 +42,16 @@ def _command(spec: RunSpec, run_dir: Path, state: str) -> list[str]:
     if state == "resumable":
         cmd = [sys.executable, "-m", "chyvae_ext.train", "--resume", str(run_dir)]
         return cmd + (["--steps", str(steps)] if steps is not None else [])
+    options = run_dir / "sweep_options.json"
+    return [sys.executable, "-m", "chyvae_ext.train", "--config", str(options), "--out", str(run_dir)]
+
+
+def _launch(spec: RunSpec, run_dir: Path, state: str, env: dict) -> subprocess.Popen:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "sweep_options.json").write_text(json.dumps(spec.options, indent=2))
-    return [
-        sys.executable,
-        "-m",
-        "chyvae_ext.train",
-        "--config",
-        str(run_dir / "sweep_options.json"),
-        "--out",
-        str(run_dir),
-    ]
+    if state == "new":
+        (run_dir / "sweep_options.json").write_text(json.dumps(spec.options, indent=2))
+    with open(run_dir / "train.log", "a") as log:
+        return subprocess.Popen(_command(spec, run_dir, state), stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def sweep(grid: Grid, *, dry_run: bool = False, echo=print) -> dict:
@@ -106,10 +105,7 @@ def sweep(grid: Grid, *, dry_run: bool = False, echo=print) -> dict:
             while queue and len(running) < grid.jobs and stop["signal"] is None:
                 spec, state = queue.pop(0)
                 run_dir = grid.out / spec.name
-                cmd = _command(spec, run_dir, state)
-                log = open(run_dir / "train.log", "a")  # noqa: SIM115 (closed with the process)
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-                log.close()
+                proc = _launch(spec, run_dir, state, env)
                 running[spec.name] = (proc, time.perf_counter())
                 echo(f"[{time.strftime('%H:%M:%S')}] start {spec.name} ({state})")
                 write_status()

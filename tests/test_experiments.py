@@ -1,0 +1,201 @@
+"""Sweeps (grid expansion, skip/resume, failures, interrupt), collect's CSVs and the figures."""
+
+import csv
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from chyvae_ext.experiments import collect_runs, expand_grid, load_grid, plot_all, summarise, sweep
+from chyvae_ext.experiments.__main__ import main
+from chyvae_ext.experiments.collect import markdown_table
+
+COMMON = {
+    "steps": 4,
+    "batch_size": 8,
+    "log_every": 2,
+    "eval_every": 2,
+    "ckpt_every": 2,
+    "z_dim": 4,
+    "hidden": 16,
+    "precision": "fp32",
+    "metrics": "none",
+}
+
+
+def write_grid(path, **changes):
+    spec = {"out": "runs", "jobs": 2, "threads": 1, "seeds": [0, 1], "common": dict(COMMON)} | changes
+    spec.setdefault("runs", [{"model": "chyvae", "nu": [6, 50]}])
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_expand_grid_names_order_and_options(tmp_path):
+    grid = expand_grid(
+        {
+            "out": "sweep",
+            "seeds": [0, 1],
+            "common": {"steps": 10},
+            "runs": [{"model": "chyvae", "nu": [12, 200.5]}, {"model": "betavae", "beta": 4}],
+        },
+        base=tmp_path,
+    )
+    assert grid.out == tmp_path / "sweep" and grid.jobs == 1
+    assert [r.name for r in grid.runs] == [
+        "chyvae-nu12-seed0",
+        "chyvae-nu200.5-seed0",
+        "betavae-seed0",
+        "chyvae-nu12-seed1",
+        "chyvae-nu200.5-seed1",
+        "betavae-seed1",
+    ]
+    assert grid.runs[1].options == {"steps": 10, "model": "chyvae", "nu": 200.5, "seed": 0}
+    assert grid.runs[1].swept == {"nu": 200.5}
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        ({"runs": [{"model": "chyvae"}], "outdir": "x"}, r"grid: unknown key\(s\) outdir"),
+        ({"runs": [{"model": "chyvae", "nuu": [1]}]}, r"grid: runs\[0\]: unknown training option\(s\) nuu"),
+        ({"runs": [{"model": "chyvae", "nu": []}]}, r"grid: runs\[0\].nu is an empty list"),
+        ({"runs": [{"nu": [12]}]}, r"grid: runs\[0\] must be a mapping with a model"),
+        ({"runs": []}, r"grid: runs must be a non-empty list"),
+        ({"runs": [{"model": "chyvae"}], "seeds": [0, "1"]}, r"grid: seeds must be a non-empty list of integers"),
+        ({"runs": [{"model": "chyvae"}], "jobs": 0}, r"grid: jobs must be a positive integer, got 0"),
+        ({"runs": [{"model": "chyvae"}], "common": [1]}, r"grid: common must be a mapping"),
+        ({"runs": [{"model": "chyvae"}, {"model": "chyvae"}]}, r"two runs would share the directory name chyvae-seed0"),
+        ([1, 2], r"grid: expected a mapping, got list"),
+    ],
+)
+def test_bad_grids(spec, match):
+    with pytest.raises(ValueError, match=match):
+        expand_grid(spec)
+
+
+def test_load_grid_missing_file(tmp_path):
+    with pytest.raises(ValueError, match=r"--grid: no file at"):
+        load_grid(tmp_path / "nope.yaml")
+
+
+def test_sweep_skips_finished_and_resumes_unfinished(tmp_path):
+    grid = load_grid(write_grid(tmp_path / "g.yaml"))
+    assert sweep(grid, echo=lambda *_: None) == {n: "finished" for n in [r.name for r in grid.runs]}
+    assert sweep(grid, echo=lambda *_: None) == {r.name: "skipped" for r in grid.runs}
+    status = json.loads((grid.out / "sweep_status.json").read_text())
+    assert len(status["finished"]) == 4 and status["pending"] == status["running"] == status["failed"] == []
+    # Asking for more steps turns every run into one to resume from its checkpoint.
+    longer = load_grid(write_grid(tmp_path / "g.yaml", common=dict(COMMON, steps=6)))
+    lines = []
+    assert set(sweep(longer, echo=lines.append).values()) == {"finished"}
+    assert "(4 resumed)" in lines[0] and any("(resumable)" in line for line in lines)
+    for r in longer.runs:
+        assert json.loads((longer.out / r.name / "status.json").read_text())["step"] == 6
+        steps = [json.loads(x)["step"] for x in (longer.out / r.name / "metrics.jsonl").read_text().splitlines()]
+        assert steps == sorted(steps) and steps[-1] == 6
+
+
+def test_dry_run_writes_nothing(tmp_path):
+    grid = load_grid(write_grid(tmp_path / "g.yaml"))
+    lines = []
+    sweep(grid, dry_run=True, echo=lines.append)
+    assert len(lines) == 5 and all(": new: -m chyvae_ext.train --config" in line for line in lines[1:])
+    assert not any(grid.out.iterdir())
+
+
+def test_a_failing_run_is_reported_and_the_rest_go_on(tmp_path, capsys):
+    path = write_grid(tmp_path / "g.yaml", seeds=[0], runs=[{"model": "chyvae", "nu": [2, 50]}])  # nu=2 <= d-1
+    assert main(["sweep", "--grid", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "failed chyvae-nu2-seed0 (exit 2" in out and "see " in out and "finished chyvae-nu50-seed0" in out
+    assert "--nu must be greater than" in (tmp_path / "runs" / "chyvae-nu2-seed0" / "train.log").read_text()
+    status = json.loads((tmp_path / "runs" / "sweep_status.json").read_text())
+    assert status["failed"] == ["chyvae-nu2-seed0"] and status["finished"] == ["chyvae-nu50-seed0"]
+
+
+def test_interrupt_then_rerun_finishes(tmp_path):
+    path = write_grid(
+        tmp_path / "g.yaml",
+        jobs=1,
+        seeds=[0],
+        common=dict(COMMON, steps=100000, ckpt_every=1000, eval_every=100000),
+        runs=[{"model": "betavae", "beta": [1]}],
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chyvae_ext.experiments", "sweep", "--grid", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = tmp_path / "runs" / "betavae-beta1-seed0" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not metrics.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    status = json.loads((metrics.parent / "status.json").read_text())
+    assert status["state"] == "interrupted"
+    assert json.loads((tmp_path / "runs" / "sweep_status.json").read_text())["interrupted"] == ["betavae-beta1-seed0"]
+    reached = status["step"]
+    grid = load_grid(write_grid(tmp_path / "g.yaml", jobs=1, seeds=[0], common=dict(COMMON, steps=reached + 2),
+                                runs=[{"model": "betavae", "beta": [1]}]))
+    assert sweep(grid, echo=lambda *_: None) == {"betavae-beta1-seed0": "finished"}
+    assert json.loads((metrics.parent / "status.json").read_text())["step"] == reached + 2
+
+
+def fake_run(root, name, model, value, seed, evals, speeds):
+    """A run directory as training writes it, with chosen numbers."""
+    d = root / name
+    d.mkdir(parents=True)
+    hyper = {"chyvae": "nu", "betavae": "beta", "factorvae": "gamma"}[model]
+    (d / "config.json").write_text(json.dumps({"model": model, hyper: value, "seed": seed}))
+    (d / "status.json").write_text(json.dumps({"state": "finished", "step": evals[-1][0]}))
+    rows = [{"kind": "train", "step": 10 * (i + 1), "steps_per_s": s} for i, s in enumerate(speeds)]
+    rows += [{"kind": "eval", "step": st, "factor_vae": fv, "recon": rc, "neg_elbo": rc + 5} for st, fv, rc in evals]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_collect_summarise_and_plot(tmp_path, capsys):
+    root = tmp_path / "runs"
+    fake_run(root, "chyvae-nu12-seed0", "chyvae", 12.0, 0, [(5, 0.5, 300.0), (10, 0.8, 200.0)], [10.0, 20.0, 30.0])
+    fake_run(root, "chyvae-nu12-seed1", "chyvae", 12.0, 1, [(5, 0.4, 310.0), (10, 0.6, 220.0)], [25.0])
+    fake_run(root, "betavae-beta4-seed0", "betavae", 4.0, 0, [(5, 0.3, 400.0), (10, 0.5, 260.0)], [40.0])
+    path, rows = collect_runs(root)
+    assert path == root / "results.csv" and len(rows) == 3
+    with open(path) as f:
+        table = {r["run"]: r for r in csv.DictReader(f)}
+    assert float(table["chyvae-nu12-seed0"]["factor_vae"]) == 0.8 and table["chyvae-nu12-seed0"]["step"] == "10"
+    assert float(table["chyvae-nu12-seed0"]["sec_per_1000_steps"]) == pytest.approx(1000 / 20.0)  # median speed
+    with open(root / "results_by_step.csv") as f:
+        assert len(list(csv.DictReader(f))) == 6
+    s = {(x["model"], x["value"]): x for x in summarise(rows)}
+    assert s[("chyvae", 12.0)]["seeds"] == 2
+    assert s[("chyvae", 12.0)]["factor_vae_mean"] == pytest.approx(0.7)
+    assert s[("chyvae", 12.0)]["factor_vae_std"] == pytest.approx(statistics.stdev([0.8, 0.6]))
+    assert s[("betavae", 4.0)]["recon_std"] == 0.0
+    assert "| chyvae | nu = 12 | 2 | 0.700 +- 0.141 | 210.000 +- 14.142 |" in markdown_table(summarise(rows))
+    figures = plot_all(path)
+    assert [p.name for p in figures] == ["tradeoff.png", "time.png", "by_step.png"]
+    assert all(p.stat().st_size > 5000 for p in figures)
+    assert main(["collect", str(root), "--out", str(tmp_path / "csv")]) == 0
+    assert "3 runs ->" in capsys.readouterr().out
+    assert main(["plot", str(tmp_path / "csv" / "results.csv"), "--out", str(tmp_path / "fig")]) == 0
+    assert (tmp_path / "fig" / "by_step.png").exists()
+
+
+def test_collect_and_plot_bad_input(tmp_path, capsys):
+    assert main(["collect", str(tmp_path / "nope")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    assert main(["collect", str(tmp_path)]) == 2
+    assert "no run directories" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "x.csv")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    assert main(["plot", str(tmp_path / "other.csv")]) == 2
+    assert "not a collect results file (no column model)" in capsys.readouterr().err
