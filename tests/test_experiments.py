@@ -166,25 +166,28 @@ def test_collect_summarise_and_plot(tmp_path, capsys):
     fake_run(root, "chyvae-nu12-seed0", "chyvae", 12.0, 0, [(5, 0.5, 300.0), (10, 0.8, 200.0)], [10.0, 20.0, 30.0])
     fake_run(root, "chyvae-nu12-seed1", "chyvae", 12.0, 1, [(5, 0.4, 310.0), (10, 0.6, 220.0)], [25.0])
     fake_run(root, "betavae-beta4-seed0", "betavae", 4.0, 0, [(5, 0.3, 400.0), (10, 0.5, 260.0)], [40.0])
+    fake_run(root, "betavae-beta4-seed1", "betavae", 4.0, 1, [(5, 0.9, 100.0)], [40.0])
+    (root / "betavae-beta4-seed1" / "status.json").write_text(json.dumps({"state": "running", "step": 7}))
     path, rows = collect_runs(root)
-    assert path == root / "results.csv" and len(rows) == 3
+    assert path == root / "results.csv" and len(rows) == 4
+    assert {r["run"]: r["state"] for r in rows}["betavae-beta4-seed1"] == "running"
     with open(path) as f:
         table = {r["run"]: r for r in csv.DictReader(f)}
     assert float(table["chyvae-nu12-seed0"]["factor_vae"]) == 0.8 and table["chyvae-nu12-seed0"]["step"] == "10"
     assert float(table["chyvae-nu12-seed0"]["sec_per_1000_steps"]) == pytest.approx(1000 / 20.0)  # median speed
     with open(root / "results_by_step.csv") as f:
-        assert len(list(csv.DictReader(f))) == 6
+        assert len(list(csv.DictReader(f))) == 7
     s = {(x["model"], x["value"]): x for x in summarise(rows)}
     assert s[("chyvae", 12.0)]["seeds"] == 2
     assert s[("chyvae", 12.0)]["factor_vae_mean"] == pytest.approx(0.7)
     assert s[("chyvae", 12.0)]["factor_vae_std"] == pytest.approx(statistics.stdev([0.8, 0.6]))
-    assert s[("betavae", 4.0)]["recon_std"] == 0.0
+    assert s[("betavae", 4.0)]["recon_std"] == 0.0 and s[("betavae", 4.0)]["seeds"] == 1  # the running one is left out
     assert "| chyvae | nu = 12 | 2 | 0.700 +- 0.141 | 210.000 +- 14.142 |" in markdown_table(summarise(rows))
     figures = plot_all(path)
     assert [p.name for p in figures] == ["tradeoff.png", "time.png", "by_step.png"]
     assert all(p.stat().st_size > 5000 for p in figures)
     assert main(["collect", str(root), "--out", str(tmp_path / "csv")]) == 0
-    assert "3 runs ->" in capsys.readouterr().out
+    assert "4 runs ->" in capsys.readouterr().out
     assert main(["plot", str(tmp_path / "csv" / "results.csv"), "--out", str(tmp_path / "fig")]) == 0
     assert (tmp_path / "fig" / "by_step.png").exists()
 

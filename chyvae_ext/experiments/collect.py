@@ -94,9 +94,12 @@ def read_csv(path: str | Path) -> list[dict]:
 
 
 def summarise(rows: list[dict], metrics: tuple[str, ...] = ("factor_vae", "recon", "neg_elbo")) -> list[dict]:
-    """Per (model, hyperparameter value): n seeds, and mean and sample std of each metric."""
+    """Per (model, hyperparameter value): n seeds, and mean and sample std of each metric, over the
+    finished runs only (a run still going, or stopped, has its last evaluation at another step)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
+        if r.get("state", "finished") != "finished":
+            continue
         groups.setdefault((r["model"], r["hyper"], float(r["value"])), []).append(r)
     out = []
     for (model, hyper, value), rs in sorted(groups.items()):
