@@ -64,8 +64,12 @@ def evaluate_run(
     precision: str | None = None,
     checkpoint: str | Path | None = None,
     pictures: bool = True,
+    progress=None,
 ) -> dict:
-    """Score the run in ``run_dir``; writes and returns the eval.json record. Raises ValueError for bad options."""
+    """Score the run in ``run_dir``; writes and returns the eval.json record. Raises ValueError for bad options.
+
+    ``progress``: a function given a line before and after each metric (the CLI prints them).
+    """
     names = parse_metrics(metrics)
     if protocol not in PROTOCOLS:
         raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
@@ -97,7 +101,8 @@ def evaluate_run(
         "precision": precision,
         "held_out": held_out_terms(model, held_out, bf16=precision == "bf16"),
     }
-    summary, details = score(make_encoder(model, precision=precision), dataset, names, protocol=protocol, seed=seed)
+    encode = make_encoder(model, precision=precision)
+    summary, details = score(encode, dataset, names, protocol=protocol, seed=seed, progress=progress)
     record["metrics"] = summary
     record["details"] = details
     if pictures:
@@ -132,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             precision=args.precision,
             checkpoint=args.checkpoint,
             pictures=args.pictures,
+            progress=lambda line: print(line, file=sys.stderr, flush=True),
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

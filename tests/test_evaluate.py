@@ -63,8 +63,9 @@ def test_eval_json_matches_training_and_a_direct_computation(run_dir):
 
 def test_cli_writes_and_prints(run_dir, capsys):
     assert main([str(run_dir), "--metrics", "mig", "--no-pictures", "--precision", "bf16"]) == 0
-    out = capsys.readouterr().out
-    assert "mig" in out and "eval.json" in out
+    captured = capsys.readouterr()
+    assert "mig" in captured.out and "eval.json" in captured.out
+    assert "mig: computing ..." in captured.err and "mig: mig " in captured.err  # progress on stderr
     saved = json.loads((run_dir / "eval.json").read_text())
     assert saved["precision"] == "bf16" and 0 <= saved["metrics"]["mig"] <= 1
 

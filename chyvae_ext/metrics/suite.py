@@ -72,12 +72,19 @@ def score(
     *,
     protocol: str = "chyvae",
     seed: int = 0,
+    progress: Callable[[str], None] | None = None,
 ) -> tuple[dict, dict]:
-    """Run the named metrics. Returns (summary: name -> float, details: each metric's output, JSON-ready)."""
+    """Run the named metrics. Returns (summary: name -> float, details: each metric's output, JSON-ready).
+
+    ``progress``, when given, receives a line before and after each metric (they take from seconds
+    to minutes on a CPU).
+    """
     summary: dict[str, float] = {}
     details: dict[str, dict] = {}
     for name in metrics:
         t0 = time.perf_counter()
+        if progress is not None:
+            progress(f"{name}: computing ...")
         if name == "factor_vae":
             out = factor_vae_score(encode, dataset, protocol=protocol, seed=seed)
             summary["factor_vae"] = out["eval_accuracy"]
@@ -94,6 +101,9 @@ def score(
         else:
             raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
         details[name] = {k: _jsonable(v) for k, v in out.items()} | {"seconds": time.perf_counter() - t0}
+        if progress is not None:
+            got = "  ".join(f"{k} {v:.4f}" for k, v in summary.items() if k == name or k.startswith(f"{name}_"))
+            progress(f"{name}: {got} ({details[name]['seconds']:.1f} s)")
     return summary, details
 
 
