@@ -26,7 +26,7 @@ from .data import DataError, get_dataset
 from .data.base import GroundTruthDataset
 from .metrics import METRICS, PROTOCOLS, make_encoder, parse_metrics, score
 from .plots import save_model_pictures
-from .train import Run, TrainConfig, build_model, fixed_batches, held_out_terms
+from .train import Run, TrainConfig, build_model, check_config, fixed_batches, held_out_terms
 
 
 def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, device: str | None = None):
@@ -45,9 +45,8 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise ValueError(f"--checkpoint {checkpoint}: no such file")
+    check_config(config.resolved())  # the device among the rest, with training's messages
     dev = torch.device(config.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {config.device}: no CUDA GPU is available")
     state = torch.load(checkpoint, map_location=dev, weights_only=False)
     model = build_model(config, state.get("channels", 1)).to(dev)
     model.load_state_dict(state["model"])

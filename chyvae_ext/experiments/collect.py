@@ -93,6 +93,11 @@ def read_csv(path: str | Path) -> list[dict]:
         return [{k: conv(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def summarise(rows: list[dict], metrics: tuple[str, ...] = ("factor_vae", "recon", "neg_elbo")) -> list[dict]:
     """Per (model, hyperparameter value): n seeds, and mean and sample std of each metric, over the
     finished runs only (a run still going, or stopped, has its last evaluation at another step)."""
@@ -107,8 +112,7 @@ def summarise(rows: list[dict], metrics: tuple[str, ...] = ("factor_vae", "recon
         for m in metrics:
             vals = [float(r[m]) for r in rs if m in r and r[m] != ""]
             if vals:
-                s[f"{m}_mean"] = statistics.fmean(vals)
-                s[f"{m}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+                s[f"{m}_mean"], s[f"{m}_std"] = mean_std(vals)
         out.append(s)
     return out
 

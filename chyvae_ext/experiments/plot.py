@@ -13,7 +13,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from .collect import read_csv, summarise
+from .collect import mean_std, read_csv, summarise
 
 MODEL_NAMES = {"chyvae": "CHyVAE", "betavae": "beta-VAE", "factorvae": "FactorVAE"}
 COLOURS = {"chyvae": "tab:red", "betavae": "tab:blue", "factorvae": "tab:green"}
@@ -78,8 +78,7 @@ def plot_by_step(rows: list[dict], out: Path, metric: str = "factor_vae") -> Non
             if not keep:
                 continue
             xs = [steps[j] for j in keep]
-            mean = [statistics.fmean(vals[j]) for j in keep]
-            std = [statistics.stdev(vals[j]) if len(vals[j]) > 1 else 0.0 for j in keep]
+            mean, std = zip(*(mean_std(vals[j]) for j in keep), strict=True)
             ax.plot(
                 xs,
                 mean,
