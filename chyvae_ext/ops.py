@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _build_config
+from . import _C, _build_config
 from ._validate import check_impl, check_regularizer_inputs
 from .reference import regularizer_from_checked
 
@@ -83,7 +83,7 @@ def chyvae_regularizer(
             f"impl='fused' needs a kernel for device {device}, but chyvae_ext was built without CUDA "
             "kernels (see chyvae_ext.build_info()); use impl='auto' or 'reference', or rebuild with CUDA"
         )
-    out = _OPS.regularizer(
-        inp.mu, inp.L, inp.z, inp.nu, inp.prior_prec, inp.prior_scale, inp.prior_logdet, bool(constants)
-    )
-    return out.to(inp.out_dtype)
+    # Eager calls skip torch.ops' Python binding (see python/module.cpp); traced ones must use it.
+    op = _OPS.regularizer if torch.compiler.is_compiling() else _C.regularizer_eager
+    out = op(inp.mu, inp.L, inp.z, inp.nu, inp.prior_prec, inp.prior_scale, inp.prior_logdet, bool(constants))
+    return out if out.dtype == inp.out_dtype else out.to(inp.out_dtype)

@@ -48,18 +48,35 @@ def test_fused_available():
 
 def test_auto_picks_the_fused_op_on_cpu(monkeypatch):
     calls = []
-    real = torch.ops.chyvae_ext.regularizer
+    real = chyvae_ext.ops._C.regularizer_eager
 
     class Spy:
-        regularizer = staticmethod(lambda *a: calls.append(a) or real(*a))
+        regularizer_eager = staticmethod(lambda *a: calls.append(a) or real(*a))
 
-    monkeypatch.setattr(chyvae_ext.ops, "_OPS", Spy)
+    monkeypatch.setattr(chyvae_ext.ops, "_C", Spy)
     mu = torch.zeros(2, 3)
     L = torch.eye(3).expand(2, 3, 3)
     chyvae_ext.chyvae_regularizer(mu, L, mu, 5.0)
     assert len(calls) == 1
     chyvae_ext.chyvae_regularizer(mu, L, mu, 5.0, impl="reference")
     assert len(calls) == 1
+
+
+def test_eager_entry_is_the_dispatcher_op():
+    """The eager entry (C++ dispatcher, no torch.ops Python binding) gives torch.ops' values and gradients, bit for bit."""
+    from helpers import make_inputs
+
+    from chyvae_ext._validate import check_regularizer_inputs
+
+    mu, L, z = (t.requires_grad_() for t in make_inputs(5, 4, dtype=torch.float32))
+    inp = check_regularizer_inputs(mu, L, z, 9.0, None)
+    args = (inp.mu, inp.L, inp.z, inp.nu, None, 1.0, 0.0, True)
+    a = chyvae_ext.ops._C.regularizer_eager(*args)
+    b = torch.ops.chyvae_ext.regularizer(*args)
+    assert torch.equal(a, b)
+    ga = torch.autograd.grad(a.sum(), (mu, L, z))
+    gb = torch.autograd.grad(b.sum(), (mu, L, z))
+    assert all(torch.equal(x, y) for x, y in zip(ga, gb, strict=True))
 
 
 def test_loading_under_another_torch_is_refused(monkeypatch):
