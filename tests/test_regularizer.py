@@ -267,7 +267,7 @@ def test_torch_compile_fullgraph(backend):
 
 @pytest.mark.parametrize("d", [5, 10, 32])
 def test_tiny_cholesky_diagonals(d):
-    """log|C| is summed as logs of four-entry products; products that underflow fall back to
+    """log|C| is summed as logs of sixteen-entry products; products that underflow fall back to
     single logs. With a tiny diagonal, log|C| dominates R, so a wrong fallback would show."""
     mu, _, z = make_inputs(4, d, seed=30)
     diag = torch.tensor([1e-80, 1e-5, 1e-100, 3e-2], dtype=torch.float64)  # one scale per datapoint
