@@ -85,6 +85,27 @@ def test_fixed_factor_batches_fix_that_factor_only():
         assert np.array_equal(images, ds.images(factors))
 
 
+@pytest.mark.parametrize("name", ["correlated_ellipses", "shapes2d"])
+def test_pixels_are_the_images_stored_as_uint8(name):
+    """pixels() is what metrics read: images() must be exactly pixels / 255, and a fixed-factor draw
+    of classes is the same draw as sample_fixed_factor's."""
+    ds = get_dataset(name)
+    factors = ds.sample_factors(300, np.random.default_rng(2))
+    pixels = ds.pixels(factors)
+    assert pixels.dtype == np.uint8 and pixels.shape == (300, 1, 64, 64)
+    exact = np.divide(pixels, np.float32(255), dtype=np.float32)
+    assert np.array_equal(ds.images(factors).view(np.uint32), exact.view(np.uint32))
+    images, fixed = ds.sample_fixed_factor(1, 40, np.random.default_rng(9))
+    classes = ds.sample_fixed_factor_classes(1, 40, np.random.default_rng(9))
+    assert np.array_equal(classes, fixed) and np.array_equal(ds.images(classes), images)
+    with pytest.raises(ValueError, match=r"k must be a factor index in \[0, \d\) for .*, got -1"):
+        ds.sample_fixed_factor_classes(-1, 3, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"n must be a non-negative integer, got 2.5"):
+        ds.sample_fixed_factor_classes(0, 2.5, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"factors must be an integer array"):
+        ds.pixels(np.zeros((2, 3)))
+
+
 def test_same_seed_same_images():
     ds = get_dataset("correlated_ellipses")
     a = ds.random_images(20, np.random.default_rng(5))

@@ -132,17 +132,28 @@ class GroundTruthDataset(ImageDataset):
             )
         return f.astype(np.int64, copy=False)
 
-    def sample_fixed_factor(self, k: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """n observations sharing factor k, the other factors drawn as the dataset draws them.
+    def pixels(self, factors: np.ndarray) -> np.ndarray:
+        """The observations of ``factors`` as the dataset stores them: uint8 (n, C, 64, 64) for 8-bit
+        datasets, whose ``images`` are exactly these pixels / 255 in float32; otherwise ``images``.
+        Metrics take this path: a quarter of the memory traffic until the encoder converts them."""
+        return self.images(factors)
 
-        Returns (images float32 (n, C, 64, 64), factors int64 (n, K)).
-        """
+    def sample_fixed_factor_classes(self, k: int, n: int, rng: np.random.Generator) -> np.ndarray:
+        """n factor vectors (int64 (n, K)) sharing factor k, the others drawn as the dataset draws them."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < self.num_factors:
             raise ValueError(f"k must be a factor index in [0, {self.num_factors}) for {self.name}, got {k!r}")
         n = check_count("n", n)
         factors = self.sample_factors(n, check_rng(rng))
         if n:
             factors[:, k] = factors[0, k]
+        return factors
+
+    def sample_fixed_factor(self, k: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """n observations sharing factor k, the other factors drawn as the dataset draws them.
+
+        Returns (images float32 (n, C, 64, 64), factors int64 (n, K)).
+        """
+        factors = self.sample_fixed_factor_classes(k, n, rng)
         return self.images(factors), factors
 
     def random_images(self, n: int, rng: np.random.Generator) -> np.ndarray:

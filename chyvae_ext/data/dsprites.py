@@ -65,8 +65,11 @@ class DSpritesLike(GroundTruthDataset):
         n = check_count("n", n)
         return np.stack([rng.integers(0, k, n) for k in self.factor_sizes], axis=1).astype(np.int64)
 
+    def pixels(self, factors: np.ndarray) -> np.ndarray:
+        return self.render_full(self.full_classes(factors))[:, None]
+
     def images(self, factors: np.ndarray) -> np.ndarray:
-        return (self.render_full(self.full_classes(factors)).astype(np.float32) / 255.0)[:, None]
+        return np.divide(self.pixels(factors), np.float32(255), dtype=np.float32)
 
     @abstractmethod
     def render_full(self, classes: np.ndarray) -> np.ndarray:

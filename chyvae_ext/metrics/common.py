@@ -16,10 +16,18 @@ def check_ground_truth(dataset: object) -> GroundTruthDataset:
     return dataset
 
 
+def as_float_images(batch: np.ndarray) -> torch.Tensor:
+    """Images for an encoder: float32 ones as they are; uint8 pixels (``GroundTruthDataset.pixels``)
+    divided by 255 in float32, which gives the same bits as the dataset's ``images`` (IEEE division is
+    correctly rounded either way), only converted one batch at a time by torch's threads."""
+    x = torch.from_numpy(batch)
+    return x.float().div_(255) if x.dtype == torch.uint8 else x
+
+
 def encode_batches(encode: Callable, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """encode() applied batch by batch to float images; float64 (n, d)."""
+    """encode() applied batch by batch to images (float32, or uint8 pixels); float64 (n, d)."""
     out = []
     for start in range(0, len(images), batch_size):
-        rep = encode(torch.from_numpy(images[start : start + batch_size]))
+        rep = encode(as_float_images(images[start : start + batch_size]))
         out.append(rep.detach().float().cpu().numpy() if torch.is_tensor(rep) else np.asarray(rep, np.float64))
     return np.concatenate(out).astype(np.float64)

@@ -69,9 +69,9 @@ def dci(
             raise ValueError(f"{name} must be an integer >= {least}, got {v!r}")
     rng = np.random.default_rng(seed)
     f_train = dataset.sample_factors(num_train, rng)
-    c_train = encode_batches(encode, dataset.images(f_train), batch_size)
+    c_train = encode_batches(encode, dataset.pixels(f_train), batch_size)
     f_test = dataset.sample_factors(num_test, rng)
-    c_test = encode_batches(encode, dataset.images(f_test), batch_size)
+    c_test = encode_batches(encode, dataset.pixels(f_test), batch_size)
     d, k = c_train.shape[1], f_train.shape[1]
     importance = np.zeros((d, k))
     acc_train, acc_test = np.zeros(k), np.zeros(k)

@@ -52,8 +52,10 @@ def _votes(
     per_pass = max(1, batch_size // p.votes_per_sample)  # several votes per encoder pass
     for start in range(0, n_votes, per_pass):
         ks = rng.integers(0, dataset.num_factors, min(per_pass, n_votes - start))
-        images = np.concatenate([dataset.sample_fixed_factor(int(k), p.votes_per_sample, rng)[0] for k in ks])
-        reps = encode_batches(encode, images, batch_size).reshape(len(ks), p.votes_per_sample, -1)
+        # One render for the whole pass; the same draws, in the same order, as one
+        # sample_fixed_factor per vote.
+        factors = np.concatenate([dataset.sample_fixed_factor_classes(int(k), p.votes_per_sample, rng) for k in ks])
+        reps = encode_batches(encode, dataset.pixels(factors), batch_size).reshape(len(ks), p.votes_per_sample, -1)
         var = np.var(reps / scale, axis=1, ddof=1)
         var[:, ~active] = np.inf
         dims = np.where(active.any(), np.argmin(var, axis=1), -1)
@@ -94,7 +96,7 @@ def factor_vae_score(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     rng = np.random.default_rng(seed)
-    reps = encode_batches(encode, dataset.random_images(p.std_images, rng), batch_size)
+    reps = encode_batches(encode, dataset.pixels(dataset.sample_factors(p.std_images, rng)), batch_size)
     std = np.std(reps, axis=0, ddof=p.std_ddof)
     active = (std > 0) & (std >= p.prune_below)
     scale = np.where(active, std, 1.0)  # inactive dimensions are never the argmin: no 0/0

@@ -29,7 +29,7 @@ def _sample(encode, dataset: GroundTruthDataset, n: int, rng: np.random.Generato
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"the number of samples must be an integer >= 2, got {n!r}")
     factors = dataset.sample_factors(n, rng)
-    codes = encode_batches(encode, dataset.images(factors), batch_size)
+    codes = encode_batches(encode, dataset.pixels(factors), batch_size)
     return codes, factors
 
 
