@@ -47,7 +47,7 @@ def check_agreement(inputs, nu: float, dtype: torch.dtype) -> float:
     ref = step("reference", exact_inputs, nu)
     worst = 0.0
     for a, b in zip(fused, ref, strict=True):
-        worst = max(worst, float((a.double() - b).norm() / b.norm()))
+        worst = max(worst, float((a.detach().double() - b.detach()).norm() / b.detach().norm()))
     if not worst <= TOLERANCE[dtype]:
         raise SystemExit(f"fused and reference disagree: relative difference {worst:.3g} > {TOLERANCE[dtype]:.0e}")
     return worst

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .runfiles import read_metrics
 
 
 def grid_image(images: torch.Tensor, cols: int, pad: int = 2) -> Image.Image:
@@ -78,8 +79,7 @@ def save_curves(metrics_path: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("kind") == "train"]
+    rows = [r for r in read_metrics(metrics_path) if r.get("kind") == "train"]
     if not rows:
         return
     keys = [

@@ -7,6 +7,8 @@ import numbers
 
 import torch
 
+from ._checks import check_int
+
 
 def _check_psi_nu(psi: torch.Tensor, nu: float) -> tuple[torch.Tensor, float]:
     if not isinstance(psi, torch.Tensor) or not psi.is_floating_point():
@@ -29,8 +31,7 @@ def sample_inverse_wishart(
     The random numbers are drawn on the CPU in float64 (``generator`` a CPU torch.Generator).
     """
     psi, nu = _check_psi_nu(psi, nu)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    n = check_int("n", n)
     d = psi.shape[0]
     psi64 = psi.detach().to("cpu", torch.float64)
     chol_psi, info = torch.linalg.cholesky_ex(psi64)

@@ -31,11 +31,13 @@ from pathlib import Path
 
 import torch
 
+from ._checks import check_int
 from .data import DataError, get_dataset
 from .data.base import GroundTruthDataset
 from .metrics import PROTOCOLS, make_encoder, parse_metrics, score
 from .models import BetaVAE, CHyVAE, FactorVAE
 from .plots import save_curves, save_model_pictures
+from .runfiles import read_metrics
 
 MODELS = ("chyvae", "betavae", "factorvae")
 SYNTHETIC = ("shapes2d", "dsprites", "correlated_ellipses")
@@ -105,9 +107,7 @@ def check_config(c: TrainConfig) -> None:
         "hidden",
         "num_samples",
     ):
-        v = getattr(c, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        check_int(f"--{name.replace('_', '-')}", getattr(c, name), 1)
     for name in ("lr", "beta", "gamma", "nu"):
         v = getattr(c, name)
         if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -219,8 +219,8 @@ class Run:
         """Drop rows logged after ``step`` (they belong to the part of the run being redone)."""
         path = self.root / "metrics.jsonl"
         if path.exists():
-            rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
-            path.write_text("".join(r + "\n" for r in rows))
+            rows = [r for r in read_metrics(path) if r["step"] <= step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 class StopRequested:

@@ -149,3 +149,17 @@ def test_full_prior_is_used_not_ignored(good):
     a = chyvae_regularizer(*good, 5.0, random_spd(3, seed=1))
     b = chyvae_regularizer(*good, 5.0)
     assert not torch.allclose(a, b)
+
+
+def test_check_int_messages():
+    import numpy as np
+
+    from chyvae_ext._checks import check_int
+
+    assert check_int("n", np.int32(3)) == 3 and type(check_int("n", np.int64(0))) is int
+    for least, value, what in ((0, -1, "a non-negative integer"), (1, 0, "a positive integer"), (2, 1, "an integer >= 2")):
+        with pytest.raises(ValueError, match=f"^n must be {what}, got {value}$"):
+            check_int("n", value, least)
+    for bad in (True, 2.0, "3", None):
+        with pytest.raises(ValueError, match=rf"^k must be a non-negative integer, got {bad!r}$"):
+            check_int("k", bad)

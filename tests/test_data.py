@@ -373,7 +373,7 @@ def test_batches(name):
     assert not torch.equal(a, b)
     again = next(ds.batches(16, generator=torch.Generator().manual_seed(1)))
     assert torch.equal(a, again)
-    with pytest.raises(ValueError, match=r"batch_size must be at least 1, got 0"):
+    with pytest.raises(ValueError, match=r"batch_size must be a positive integer, got 0"):
         next(ds.batches(0))
 
 
@@ -419,5 +419,5 @@ def test_procedural_sets_have_no_stored_images():
     with pytest.raises(TypeError, match=r"shapes2d is procedural: it has no stored images to index"):
         Shapes2D().images_at(np.array([0]))
     assert Shapes2D().uint8_array() is None
-    with pytest.raises(ValueError, match=r"batch_size must be a non-negative integer, got True"):
+    with pytest.raises(ValueError, match=r"batch_size must be a positive integer, got True"):
         next(Shapes2D().batches(True))

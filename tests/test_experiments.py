@@ -202,3 +202,18 @@ def test_collect_and_plot_bad_input(tmp_path, capsys):
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     assert main(["plot", str(tmp_path / "other.csv")]) == 2
     assert "not a collect results file (no column model)" in capsys.readouterr().err
+
+
+def test_read_metrics(tmp_path):
+    from chyvae_ext.runfiles import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    assert read_metrics(path) == []
+    path.write_text('{"step": 1, "kind": "train"}\n\n{"step": 2, "kind": "eval"}\n{"step": 3, "ki')
+    assert read_metrics(path) == [{"step": 1, "kind": "train"}, {"step": 2, "kind": "eval"}]  # cut-off tail ignored
+    path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"metrics.jsonl: line 2 is not a JSON object"):
+        read_metrics(path)
+    path.write_text('[1, 2]\n{"step": 3}\n')
+    with pytest.raises(ValueError, match=r"line 1 is not a JSON object, got list"):
+        read_metrics(path)

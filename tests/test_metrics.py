@@ -126,7 +126,7 @@ def test_kim_mnih_prunes_small_std_dimensions():
     [
         ({"protocol": "higgins"}, ValueError, r"protocol must be one of \['chyvae', 'kim_mnih'\], got 'higgins'"),
         ({"votes": 3}, ValueError, r"unknown protocol setting\(s\) votes"),
-        ({"votes_per_sample": 1}, ValueError, r"votes_per_sample must be at least 2, got 1"),
+        ({"votes_per_sample": 1}, ValueError, r"votes_per_sample must be an integer >= 2, got 1"),
         ({"batch_size": 0}, ValueError, r"batch_size must be a positive integer, got 0"),
     ],
 )
@@ -231,8 +231,8 @@ def test_dci_on_known_representations():
     ("kwargs", "match"),
     [
         ({"num_train": 1}, r"num_train must be an integer >= 2, got 1"),
-        ({"num_test": 0}, r"num_test must be an integer >= 1, got 0"),
-        ({"n_estimators": 2.5}, r"n_estimators must be an integer >= 1, got 2.5"),
+        ({"num_test": 0}, r"num_test must be a positive integer, got 0"),
+        ({"n_estimators": 2.5}, r"n_estimators must be a positive integer, got 2.5"),
     ],
 )
 def test_dci_bad_arguments(kwargs, match):

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .._checks import check_int
+
 IMAGE_SIZE = 64
 
 
@@ -25,12 +27,6 @@ def check_rng(rng: object) -> np.random.Generator:
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     return rng
-
-
-def check_count(name: str, n: object) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {n!r}")
-    return int(n)
 
 
 class ImageDataset(ABC):
@@ -70,9 +66,7 @@ class ImageDataset(ABC):
         procedural set renders each batch on the CPU. ``generator`` (a CPU torch.Generator) makes
         the order reproducible.
         """
-        batch_size = check_count("batch_size", batch_size)
-        if batch_size == 0:
-            raise ValueError("batch_size must be at least 1, got 0")
+        batch_size = check_int("batch_size", batch_size, 1)
         device = torch.device(device)
         gen = generator if generator is not None else torch.Generator().manual_seed(0)
         data = self.uint8_array()
@@ -142,7 +136,7 @@ class GroundTruthDataset(ImageDataset):
         """n factor vectors (int64 (n, K)) sharing factor k, the others drawn as the dataset draws them."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < self.num_factors:
             raise ValueError(f"k must be a factor index in [0, {self.num_factors}) for {self.name}, got {k!r}")
-        n = check_count("n", n)
+        n = check_int("n", n)
         factors = self.sample_factors(n, check_rng(rng))
         if n:
             factors[:, k] = factors[0, k]
@@ -157,7 +151,7 @@ class GroundTruthDataset(ImageDataset):
         return self.images(factors), factors
 
     def random_images(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return self.images(self.sample_factors(check_count("n", n), check_rng(rng)))
+        return self.images(self.sample_factors(check_int("n", n), check_rng(rng)))
 
 
 class MaterialisedImages(ImageDataset):
@@ -181,4 +175,4 @@ class MaterialisedImages(ImageDataset):
         return self._images[np.asarray(index)].astype(np.float32) / 255.0
 
     def random_images(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return self.images_at(check_rng(rng).integers(0, self.num_images, size=check_count("n", n)))
+        return self.images_at(check_rng(rng).integers(0, self.num_images, size=check_int("n", n)))

@@ -13,7 +13,8 @@ import os
 import cv2
 import numpy as np
 
-from .base import IMAGE_SIZE, GroundTruthDataset, MaterialisedImages, check_count, check_rng
+from .._checks import check_int
+from .base import IMAGE_SIZE, GroundTruthDataset, MaterialisedImages, check_rng
 from .files import load_npz_images
 
 COVARIANCE = np.array([[1.0, 0.5, 0.0, 0.0], [0.5, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.5], [0.0, 0.0, 0.5, 1.0]])
@@ -26,7 +27,7 @@ DEFAULT_SIZE = 200_000
 
 def sample_values(n: int, rng: np.random.Generator) -> np.ndarray:
     """n continuous factor vectors in [0, 1]^4 (x, y, scale, rotation), float64 (n, 4)."""
-    f = rng.multivariate_normal(np.zeros(4), COVARIANCE, size=check_count("n", n))
+    f = rng.multivariate_normal(np.zeros(4), COVARIANCE, size=check_int("n", n))
     return (np.clip(f, -1.0, 1.0) + 1.0) / 2.0
 
 
@@ -143,7 +144,7 @@ class CorrelatedEllipses(GroundTruthDataset):
     def materialise(self, size: int = DEFAULT_SIZE, *, seed: int = 0) -> MaterialisedImages:
         """A fixed set of ``size`` images, the same for the same seed (the paper trains on 200,000)."""
         rng = np.random.default_rng(seed)
-        factors = self.sample_factors(check_count("size", size), rng)
+        factors = self.sample_factors(check_int("size", size), rng)
         return MaterialisedImages(_draw(factors)[:, None], name=f"{self.name}[{size}, seed {seed}]", factors=factors)
 
 

@@ -15,7 +15,8 @@ from abc import abstractmethod
 
 import numpy as np
 
-from .base import IMAGE_SIZE, DataError, GroundTruthDataset, check_count, check_rng
+from .._checks import check_int
+from .base import IMAGE_SIZE, DataError, GroundTruthDataset, check_rng
 from .files import check_file, open_npz, read_npz_key
 
 ALL_FACTOR_NAMES = ("color", "shape", "scale", "orientation", "posX", "posY")
@@ -62,7 +63,7 @@ class DSpritesLike(GroundTruthDataset):
 
     def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
         rng = check_rng(rng)
-        n = check_count("n", n)
+        n = check_int("n", n)
         return np.stack([rng.integers(0, k, n) for k in self.factor_sizes], axis=1).astype(np.int64)
 
     def pixels(self, factors: np.ndarray) -> np.ndarray:

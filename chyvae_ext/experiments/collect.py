@@ -12,14 +12,10 @@ import json
 import statistics
 from pathlib import Path
 
+from ..runfiles import read_metrics
+
 HYPER = {"chyvae": "nu", "betavae": "beta", "factorvae": "gamma"}
 _FIRST = ["run", "model", "hyper", "value", "seed", "step", "state"]
-
-
-def _read_rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _run_rows(run_dir: Path) -> tuple[dict, list[dict]] | None:
@@ -28,7 +24,7 @@ def _run_rows(run_dir: Path) -> tuple[dict, list[dict]] | None:
     except (OSError, json.JSONDecodeError):
         return None
     status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {}
-    rows = _read_rows(run_dir / "metrics.jsonl")
+    rows = read_metrics(run_dir / "metrics.jsonl")
     model = config["model"]
     head = {
         "run": run_dir.name,

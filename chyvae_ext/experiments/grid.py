@@ -26,6 +26,7 @@ import json
 import os
 from pathlib import Path
 
+from .._checks import check_int
 from ..train import TrainConfig
 
 _KNOWN = {f.name for f in dataclasses.fields(TrainConfig)} - {"out", "seed"}
@@ -62,9 +63,7 @@ def expand_grid(spec: dict, *, base: Path = Path(".")) -> Grid:
     if unknown:
         raise ValueError(f"grid: unknown key(s) {', '.join(unknown)}; keys: {', '.join(sorted(_GRID_KEYS))}")
     for key in ("jobs", "threads"):
-        v = spec.get(key, 1)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"grid: {key} must be a positive integer, got {v!r}")
+        check_int(f"grid: {key}", spec.get(key, 1), 1)
     seeds = spec.get("seeds", [0])
     if (
         not isinstance(seeds, list)

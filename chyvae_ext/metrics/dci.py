@@ -20,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .._checks import check_int
 from ..data.base import GroundTruthDataset
 from .common import check_ground_truth, encode_batches
 
@@ -65,8 +66,7 @@ def dci(
 
     check_ground_truth(dataset)
     for name, v, least in (("num_train", num_train, 2), ("num_test", num_test, 1), ("n_estimators", n_estimators, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < least:
-            raise ValueError(f"{name} must be an integer >= {least}, got {v!r}")
+        check_int(name, v, least)
     rng = np.random.default_rng(seed)
     f_train = dataset.sample_factors(num_train, rng)
     c_train = encode_batches(encode, dataset.pixels(f_train), batch_size)

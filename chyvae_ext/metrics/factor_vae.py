@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .._checks import check_int
 from ..data.base import GroundTruthDataset
 from .common import check_ground_truth, encode_batches
 
@@ -88,13 +89,8 @@ def factor_vae_score(
         raise ValueError(f"unknown protocol setting(s) {', '.join(unknown)}; settings: {', '.join(sorted(fields))}")
     p = dataclasses.replace(PROTOCOLS[protocol], **overrides)
     for name in ("votes_per_sample", "train_votes", "eval_votes", "std_images"):
-        if getattr(p, name) < (2 if name in ("votes_per_sample", "std_images") else 1):
-            raise ValueError(
-                f"{name} must be at least {2 if name in ('votes_per_sample', 'std_images') else 1}, "
-                f"got {getattr(p, name)}"
-            )
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_int(name, getattr(p, name), 2 if name in ("votes_per_sample", "std_images") else 1)
+    check_int("batch_size", batch_size, 1)
     rng = np.random.default_rng(seed)
     reps = encode_batches(encode, dataset.pixels(dataset.sample_factors(p.std_images, rng)), batch_size)
     std = np.std(reps, axis=0, ddof=p.std_ddof)

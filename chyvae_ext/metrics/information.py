@@ -20,14 +20,14 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from .._checks import check_int
 from ..data.base import GroundTruthDataset
 from .common import check_ground_truth, encode_batches
 
 
 def _sample(encode, dataset: GroundTruthDataset, n: int, rng: np.random.Generator, batch_size: int):
     check_ground_truth(dataset)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"the number of samples must be an integer >= 2, got {n!r}")
+    check_int("the number of samples", n, 2)
     factors = dataset.sample_factors(n, rng)
     codes = encode_batches(encode, dataset.pixels(factors), batch_size)
     return codes, factors
@@ -75,8 +75,7 @@ def mig(
     batch_size: int = 1000,
 ) -> dict:
     """Mutual Information Gap. Returns ``mig`` (mean over factors), per-factor gaps and the (d, K) MI matrix."""
-    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 2:
-        raise ValueError(f"num_bins must be an integer >= 2, got {num_bins!r}")
+    check_int("num_bins", num_bins, 2)
     codes, factors = _sample(encode, dataset, num_train, np.random.default_rng(seed), batch_size)
     binned = _discretise(codes, num_bins)
     d, k = codes.shape[1], factors.shape[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_int
 from ..sampling import sample_gaussian, sample_inverse_wishart
 from .networks import Decoder, Encoder, reconstruction_error
 from .vae import BetaVAE, CHyVAE, FactorVAE, permute_dims
@@ -23,8 +24,7 @@ __all__ = [
 def sample_prior(model: torch.nn.Module, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """n latent codes from the model's prior, (n, d) on the model's device: for CHyVAE
     Sigma ~ IW(Psi, nu) then z ~ N(0, Sigma); for the others N(0, I)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    n = check_int("n", n)
     param = next(model.parameters())
     d = model.latent_dim
     if isinstance(model, CHyVAE):

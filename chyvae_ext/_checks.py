@@ -1,0 +1,14 @@
+"""Argument checks shared across the package (one message format for every integer argument)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_int(name: str, value: object, least: int = 0) -> int:
+    """``value`` as an int when it is an integer (Python or NumPy, not bool) >= ``least``; otherwise a
+    ValueError that names the argument, what it must be and what it got."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+        what = {0: "a non-negative integer", 1: "a positive integer"}.get(least, f"an integer >= {least}")
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
