@@ -9,6 +9,8 @@
 #include <optional>
 #include <tuple>
 
+#include "regularizer_host.h"
+
 namespace chyvae_ext {
 namespace {
 
@@ -89,14 +91,20 @@ at::Tensor regularizer_autograd(const at::Tensor& mu, const at::Tensor& L, const
     return RegularizerFunction::apply(mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants);
   }
   at::AutoDispatchBelowADInplaceOrView guard;
+  return call_regularizer(mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants);
+}
+
+}  // namespace
+
+at::Tensor call_regularizer(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z, const at::Tensor& nu,
+                            const std::optional<at::Tensor>& prior_prec, double prior_scale, double prior_logdet,
+                            bool constants) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("chyvae_ext::regularizer", "")
                              .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                const at::Tensor&, const Prec&, double, double, bool)>();
   return op.call(mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants);
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(chyvae_ext, Autograd, m) { m.impl("regularizer", &regularizer_autograd); }
 

@@ -51,4 +51,9 @@ BackwardCall begin_backward(const at::Tensor& grad, const at::Tensor& mu, const 
                             const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec, double prior_scale,
                             double prior_logdet, bool constants, const std::optional<at::Tensor>& saved);
 
+// chyvae_ext::regularizer through the dispatcher from C++ (every dispatch key, as torch.ops would).
+at::Tensor call_regularizer(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z, const at::Tensor& nu,
+                            const std::optional<at::Tensor>& prior_prec, double prior_scale, double prior_logdet,
+                            bool constants);
+
 }  // namespace chyvae_ext

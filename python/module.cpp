@@ -1,10 +1,11 @@
 // The Python module: loading it registers the chyvae_ext ops; build_info() reports how it was built.
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <pybind11/pybind11.h>
 #include <torch/csrc/utils/pybind.h>
 #include <torch/version.h>
 
 #include <string>
+
+#include "../csrc/regularizer_host.h"
 
 #ifndef CHYVAE_EXT_VERSION
 #define CHYVAE_EXT_VERSION "unknown"
@@ -23,11 +24,7 @@ using Prec = std::optional<at::Tensor>;
 // torch.compile the Python side calls torch.ops so that the op is traced.
 at::Tensor regularizer_eager(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z, const at::Tensor& nu,
                              const Prec& prior_prec, double prior_scale, double prior_logdet, bool constants) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("chyvae_ext::regularizer", "")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                               const at::Tensor&, const Prec&, double, double, bool)>();
-  return op.call(mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants);
+  return chyvae_ext::call_regularizer(mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants);
 }
 
 }  // namespace
