@@ -29,6 +29,11 @@ def check_rng(rng: object) -> np.random.Generator:
     return rng
 
 
+def to_unit_float(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels to float32 in [0, 1]: pixels / 255, rounded once (the one conversion every set uses)."""
+    return np.divide(pixels, np.float32(255), dtype=np.float32)
+
+
 class ImageDataset(ABC):
     """A finite or procedural set of 64 x 64 images with values in [0, 1].
 
@@ -172,7 +177,7 @@ class MaterialisedImages(ImageDataset):
         return self._images
 
     def images_at(self, index: np.ndarray) -> np.ndarray:
-        return self._images[np.asarray(index)].astype(np.float32) / 255.0
+        return to_unit_float(self._images[np.asarray(index)])
 
     def random_images(self, n: int, rng: np.random.Generator) -> np.ndarray:
         return self.images_at(check_rng(rng).integers(0, self.num_images, size=check_int("n", n)))

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from .._checks import check_int
-from .base import IMAGE_SIZE, GroundTruthDataset, MaterialisedImages, check_rng
+from .base import IMAGE_SIZE, GroundTruthDataset, MaterialisedImages, check_rng, to_unit_float
 from .files import load_npz_images
 
 COVARIANCE = np.array([[1.0, 0.5, 0.0, 0.0], [0.5, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.5], [0.0, 0.0, 0.5, 1.0]])
@@ -139,7 +139,7 @@ class CorrelatedEllipses(GroundTruthDataset):
         return _draw(self.check_factors(factors))[:, None]
 
     def images(self, factors: np.ndarray) -> np.ndarray:
-        return np.divide(self.pixels(factors), np.float32(255), dtype=np.float32)
+        return to_unit_float(self.pixels(factors))
 
     def materialise(self, size: int = DEFAULT_SIZE, *, seed: int = 0) -> MaterialisedImages:
         """A fixed set of ``size`` images, the same for the same seed (the paper trains on 200,000)."""

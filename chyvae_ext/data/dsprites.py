@@ -16,7 +16,7 @@ from abc import abstractmethod
 import numpy as np
 
 from .._checks import check_int
-from .base import IMAGE_SIZE, DataError, GroundTruthDataset, check_rng
+from .base import IMAGE_SIZE, DataError, GroundTruthDataset, check_rng, to_unit_float
 from .files import check_file, open_npz, read_npz_key
 
 ALL_FACTOR_NAMES = ("color", "shape", "scale", "orientation", "posX", "posY")
@@ -70,7 +70,7 @@ class DSpritesLike(GroundTruthDataset):
         return self.render_full(self.full_classes(factors))[:, None]
 
     def images(self, factors: np.ndarray) -> np.ndarray:
-        return np.divide(self.pixels(factors), np.float32(255), dtype=np.float32)
+        return to_unit_float(self.pixels(factors))
 
     @abstractmethod
     def render_full(self, classes: np.ndarray) -> np.ndarray:
@@ -102,7 +102,7 @@ class DSprites(DSpritesLike):
         return self._imgs[:, None]
 
     def images_at(self, index: np.ndarray) -> np.ndarray:
-        return (self._imgs[np.asarray(index)].astype(np.float32) / 255.0)[:, None]
+        return to_unit_float(self._imgs[np.asarray(index)])[:, None]
 
 
 def _read_npz(p) -> tuple[np.ndarray, np.ndarray]:
