@@ -19,7 +19,7 @@ def _regularizer_fake(mu, L, z, nu, prior_prec, prior_scale, prior_logdet, const
 @torch.library.register_fake("chyvae_ext::regularizer_forward")
 def _regularizer_forward_fake(mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants):
     fast_path = prior_prec is None and (z.dim() == 2 or z.shape[1] == 1)  # K = 1, isotropic
-    saved = mu.new_empty((mu.shape[0], mu.shape[1] + 5 if fast_path else 0), dtype=torch.float64)
+    saved = mu.new_empty((mu.shape[0], mu.shape[1] + 6 if fast_path else 0), dtype=torch.float64)
     return mu.new_empty((mu.shape[0],)), saved
 
 
@@ -71,6 +71,12 @@ def chyvae_regularizer(
     Returns:
         (N,) tensor in the inputs' dtype (float16/bfloat16 are computed in float32).
     """
+    if not torch.compiler.is_compiling():
+        # The common eager call is checked and run in C++ (python/module.cpp); None means the call
+        # is outside it (or wrong), and the checks below take over and name what is wrong.
+        out = _C.regularizer_fast(mu, L, z, nu, prior_cov, constants, impl)
+        if out is not None:
+            return out
     impl = check_impl(impl)
     inp = check_regularizer_inputs(mu, L, z, nu, prior_cov)
     device = inp.mu.device

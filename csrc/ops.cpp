@@ -9,8 +9,8 @@ TORCH_LIBRARY(chyvae_ext, m) {
   m.def(
       "regularizer(Tensor mu, Tensor L, Tensor z, Tensor nu, Tensor? prior_prec, float prior_scale, "
       "float prior_logdet, bool constants) -> Tensor");
-  // The same R, plus what the backward can reuse: float64 (N, d + 5) on the K = 1 isotropic fast
-  // path (w = L^T u and five sums), (N, 0) otherwise. Autograd calls this one when it records.
+  // The same R, plus what the backward can reuse: float64 (N, d + 6) on the K = 1 isotropic fast
+  // path (w = L^T u, five sums and log a), (N, 0) otherwise. Autograd calls this one when it records.
   m.def(
       "regularizer_forward(Tensor mu, Tensor L, Tensor z, Tensor nu, Tensor? prior_prec, float prior_scale, "
       "float prior_logdet, bool constants) -> (Tensor, Tensor)");

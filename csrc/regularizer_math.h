@@ -349,15 +349,16 @@ CHY_HD double reg_backward_point(const RegParams& p, double g, const T* mu, cons
 
 // ---- Fast path: K = 1 and an isotropic prior (P = p I), the paper's setting. ----------------
 // The same R and gradients as the general code above, with U = p z, G = a, H = 1/a folded into
-// scalars and each pass over L doing all its work at once. The forward leaves w = L^T u and five
-// sums in `saved` (reg_iso1_saved_size doubles); a backward given them makes one pass over L
-// instead of two.
+// scalars and each pass over L doing all its work at once. The forward leaves w = L^T u, five
+// sums and log a in `saved` (reg_iso1_saved_size doubles); a backward given them makes one pass
+// over L instead of two, and takes no log.
 
-CHY_HD int64_t reg_iso1_saved_size(int d) { return static_cast<int64_t>(d) + 5; }
+CHY_HD int64_t reg_iso1_saved_size(int d) { return static_cast<int64_t>(d) + 6; }
 
 struct RegIso1Sums {
   double a, m, ww, ss;  // a = 1 + z^T P z, m = mu^T P z, |w|^2, |L|_F^2
   double mm;            // |mu|^2
+  double log_a;         // log a: filled by the forward, or by a backward that recomputes the sums
 };
 
 // DS: d as a compile-time constant (0: d = p.d at run time). With DS > 0 every row is walked in
@@ -470,6 +471,7 @@ CHY_HD RegIso1Sums reg_iso1_sums(int d_run, double p_iso, const T* mu, const T* 
   r.ww = ww;
   r.ss = ss;
   r.mm = mm;
+  r.log_a = NAN;
   saved[d] = r.a;
   saved[d + 1] = r.m;
   saved[d + 2] = r.ww;
@@ -485,6 +487,7 @@ CHY_HD RegIso1Sums reg_iso1_load(int d, const double* saved) {
   r.ww = saved[d + 2];
   r.ss = saved[d + 3];
   r.mm = saved[d + 4];
+  r.log_a = saved[d + 5];
   return r;
 }
 
@@ -498,7 +501,9 @@ CHY_HD double reg_iso1_trace(int d, double p_iso, const RegIso1Sums& r) {
 template <int DS, typename T>
 CHY_HD double reg_forward_point_iso1(const RegParams& p, const T* mu, const T* L, const T* z, double* saved) {
   const RegIso1Sums r = reg_iso1_sums<DS>(p.d, p.p_iso, mu, L, z, saved);
-  return -p.alpha * (p.log_det_psi + log(r.a)) - p.beta * reg_iso1_trace(p.d, p.p_iso, r) +
+  const double log_a = log(r.a);
+  saved[p.d + 5] = log_a;
+  return -p.alpha * (p.log_det_psi + log_a) - p.beta * reg_iso1_trace(p.d, p.p_iso, r) +
          reg_sum_log_diag(p.d, L) + p.constant;
 }
 
@@ -509,7 +514,8 @@ CHY_HD double reg_backward_point_iso1(const RegParams& p, double g, const T* mu,
                                       const double* saved, double* ws, T* g_mu, T* g_l, T* g_z) {
   const int d = DS > 0 ? DS : p.d;
   const double pi = p.p_iso;
-  const RegIso1Sums r = saved != nullptr ? reg_iso1_load(d, saved) : reg_iso1_sums<DS>(d, pi, mu, L, z, ws);
+  RegIso1Sums r = saved != nullptr ? reg_iso1_load(d, saved) : reg_iso1_sums<DS>(d, pi, mu, L, z, ws);
+  if (saved == nullptr) r.log_a = log(r.a);
   const double* w_mem = saved != nullptr ? saved : ws;
   double w_local[DS > 0 ? DS : 1];  // registers when d is known, and provably not aliased by g_l
   if (DS > 0)
@@ -569,7 +575,7 @@ CHY_HD double reg_backward_point_iso1(const RegParams& p, double g, const T* mu,
     g_mu[i] = static_cast<T>(g * (-two_b * (pi * static_cast<double>(mu[i]) - vi * r.m)));
   }
   const double trace = reg_iso1_trace(d, pi, r);
-  double dnu = -0.5 * (p.log_det_psi + log(r.a)) - 0.5 * trace;
+  double dnu = -0.5 * (p.log_det_psi + r.log_a) - 0.5 * trace;
   if (p.ds_dnu != 0.0) {
     const double tr_h2q = (qp + r.a - 1.0) * inv_a * inv_a;
     dnu += p.ds_dnu * (-(p.alpha + p.beta) * (d - 1 + inv_a) + p.beta * (trace - tr_h2q)) / p.s;

@@ -1,9 +1,12 @@
 // The Python module: loading it registers the chyvae_ext ops; build_info() reports how it was built.
 #include <pybind11/pybind11.h>
+#include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>
 #include <torch/version.h>
 
+#include <cmath>
 #include <string>
+#include <unordered_map>
 
 #include "../csrc/regularizer_host.h"
 
@@ -12,6 +15,80 @@
 #endif
 
 namespace py = pybind11;
+
+namespace {
+
+// An argument of the fast path: a plain torch.Tensor (or Parameter, not a subclass, whose methods
+// could mean something else) holding float32 or float64 on a device with compiled kernels.
+const at::Tensor* fast_tensor(py::handle obj) {
+  if (!THPVariable_CheckExact(obj.ptr())) return nullptr;
+  const at::Tensor& t = THPVariable_Unpack(obj.ptr());
+  const auto dtype = t.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kDouble) return nullptr;
+#ifdef CHYVAE_EXT_WITH_CUDA
+  if (!t.is_cpu() && !t.is_cuda()) return nullptr;
+#else
+  if (!t.is_cpu()) return nullptr;
+#endif
+  return &t;
+}
+
+// nu as the 0-d float64 CPU tensor the op takes, one per value: making a tensor costs about as
+// much as the fused kernels at B = 64. The op only reads it. Called with the GIL held.
+const at::Tensor& nu_tensor(double value) {
+  static std::unordered_map<double, at::Tensor> cache;
+  auto it = cache.find(value);
+  if (it != cache.end()) return it->second;
+  if (cache.size() >= 64) cache.clear();
+  return cache.emplace(value, at::scalar_tensor(value, at::TensorOptions().dtype(at::kDouble))).first->second;
+}
+
+// chyvae_regularizer for the common eager call, checked here instead of in Python (the Python
+// checks cost as much as the forward kernel at B = 64): mu, L, z plain float32/float64 tensors of
+// one dtype on one device, shapes (N, d), (N, d, d), (N, d) or (N, K, d); nu a float > d - 1;
+// prior_cov None or a positive float; constants a bool; impl "auto" or "fused". Anything else,
+// valid or not, returns None, and chyvae_ext.ops then runs its full checks, which name the
+// argument that is wrong.
+py::object regularizer_fast(py::handle mu_o, py::handle L_o, py::handle z_o, py::handle nu_o, py::handle cov_o,
+                            py::handle constants_o, py::handle impl_o) {
+  const py::object none = py::none();
+  if (!PyUnicode_Check(impl_o.ptr())) return none;
+  if (PyUnicode_CompareWithASCIIString(impl_o.ptr(), "auto") != 0 &&
+      PyUnicode_CompareWithASCIIString(impl_o.ptr(), "fused") != 0)
+    return none;
+  if (constants_o.ptr() != Py_True && constants_o.ptr() != Py_False) return none;
+  if (!PyFloat_CheckExact(nu_o.ptr())) return none;
+  double prior_scale = 1.0;
+  if (!cov_o.is_none()) {
+    if (!PyFloat_CheckExact(cov_o.ptr())) return none;
+    prior_scale = PyFloat_AS_DOUBLE(cov_o.ptr());
+    if (!(std::isfinite(prior_scale) && prior_scale > 0.0)) return none;
+  }
+  const at::Tensor* mu = fast_tensor(mu_o);
+  const at::Tensor* L = fast_tensor(L_o);
+  const at::Tensor* z = fast_tensor(z_o);
+  if (mu == nullptr || L == nullptr || z == nullptr) return none;
+  if (L->scalar_type() != mu->scalar_type() || z->scalar_type() != mu->scalar_type()) return none;
+  if (L->device() != mu->device() || z->device() != mu->device()) return none;
+  if (mu->dim() != 2) return none;
+  const int64_t n = mu->size(0), d = mu->size(1);
+  if (d < 1 || L->dim() != 3 || L->size(0) != n || L->size(1) != d || L->size(2) != d) return none;
+  const bool z_ok = (z->dim() == 2 && z->size(0) == n && z->size(1) == d) ||
+                    (z->dim() == 3 && z->size(0) == n && z->size(1) >= 1 && z->size(2) == d);
+  if (!z_ok) return none;
+  const double nu = PyFloat_AS_DOUBLE(nu_o.ptr());
+  if (!(std::isfinite(nu) && nu > static_cast<double>(d - 1))) return none;
+  const at::Tensor& nu_t = nu_tensor(nu);
+  const bool constants = constants_o.ptr() == Py_True;
+  at::Tensor out;
+  {
+    py::gil_scoped_release no_gil;
+    out = chyvae_ext::call_regularizer(*mu, *L, *z, nu_t, std::nullopt, prior_scale, 0.0, constants);
+  }
+  return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(out)));
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "chyvae_ext compiled ops (registered under torch.ops.chyvae_ext)";
@@ -23,6 +100,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("regularizer_eager", &chyvae_ext::call_regularizer,
         "chyvae_ext::regularizer via the C++ dispatcher (eager mode)", py::arg("mu"), py::arg("L"), py::arg("z"), py::arg("nu"), py::arg("prior_prec"), py::arg("prior_scale"),
         py::arg("prior_logdet"), py::arg("constants"));
+  m.def("regularizer_fast", &regularizer_fast,
+        "chyvae_regularizer's common eager call checked and run in C++; None when the call is outside it",
+        py::arg("mu"), py::arg("L"), py::arg("z"), py::arg("nu"), py::arg("prior_cov"), py::arg("constants"),
+        py::arg("impl"));
   m.def("build_info", []() {
     py::dict info;
     info["version"] = CHYVAE_EXT_VERSION;

@@ -134,14 +134,14 @@ def test_compiled_backward_checks_grad_shape():
 
 
 @pytest.mark.parametrize("saved", [
-    torch.zeros(4, 7, dtype=torch.float64),             # the K = 1 isotropic path saves (N, d + 5)
-    torch.zeros(4, 8, 2, dtype=torch.float64)[..., 0],  # right shape, not contiguous
-    torch.zeros(4, 8),                                  # float32
+    torch.zeros(4, 8, dtype=torch.float64),             # the K = 1 isotropic path saves (N, d + 6)
+    torch.zeros(4, 9, 2, dtype=torch.float64)[..., 0],  # right shape, not contiguous
+    torch.zeros(4, 9),                                  # float32
 ])
 def test_compiled_backward_checks_saved(saved):
     mu, L, z = make_inputs(4, 3, 1)
     args = op_args(z=z[:, 0])
-    with pytest.raises(ValueError, match=r"saved must be the contiguous float64 \(4, 8\) tensor from regularizer_forward"):
+    with pytest.raises(ValueError, match=r"saved must be the contiguous float64 \(4, 9\) tensor from regularizer_forward"):
         torch.ops.chyvae_ext.regularizer_backward(torch.ones(4, dtype=torch.float64), **args, saved=saved)
 
 

@@ -48,35 +48,104 @@ def test_fused_available():
 
 def test_auto_picks_the_fused_op_on_cpu(monkeypatch):
     calls = []
-    real = chyvae_ext.ops._C.regularizer_eager
+    real = chyvae_ext.ops._C
 
     class Spy:
-        regularizer_eager = staticmethod(lambda *a: calls.append(a) or real(*a))
+        regularizer_fast = staticmethod(lambda *a: calls.append("fast") or real.regularizer_fast(*a))
+        regularizer_eager = staticmethod(lambda *a: calls.append("eager") or real.regularizer_eager(*a))
 
     monkeypatch.setattr(chyvae_ext.ops, "_C", Spy)
     mu = torch.zeros(2, 3)
     L = torch.eye(3).expand(2, 3, 3)
-    chyvae_ext.chyvae_regularizer(mu, L, mu, 5.0)
-    assert len(calls) == 1
+    chyvae_ext.chyvae_regularizer(mu, L, mu, 5.0)  # checked and run by the C++ entry
+    assert calls == ["fast"]
+    chyvae_ext.chyvae_regularizer(mu, L, mu, torch.tensor(5.0))  # declined there, checked in Python
+    assert calls == ["fast", "fast", "eager"]
     chyvae_ext.chyvae_regularizer(mu, L, mu, 5.0, impl="reference")
-    assert len(calls) == 1
+    assert calls == ["fast", "fast", "eager", "fast"]
 
 
-def test_eager_entry_is_the_dispatcher_op():
-    """The eager entry (C++ dispatcher, no torch.ops Python binding) gives torch.ops' values and gradients, bit for bit."""
-    from helpers import make_inputs
-
+def _checked_op_call(mu, L, z, nu, prior_cov=None, constants=True):
     from chyvae_ext._validate import check_regularizer_inputs
 
-    mu, L, z = (t.requires_grad_() for t in make_inputs(5, 4, dtype=torch.float32))
-    inp = check_regularizer_inputs(mu, L, z, 9.0, None)
-    args = (inp.mu, inp.L, inp.z, inp.nu, None, 1.0, 0.0, True)
-    a = chyvae_ext.ops._C.regularizer_eager(*args)
-    b = torch.ops.chyvae_ext.regularizer(*args)
+    inp = check_regularizer_inputs(mu, L, z, nu, prior_cov)
+    return torch.ops.chyvae_ext.regularizer(
+        inp.mu, inp.L, inp.z, inp.nu, inp.prior_prec, inp.prior_scale, inp.prior_logdet, constants
+    )
+
+
+@pytest.mark.parametrize("case", ["f32", "f64", "K=2", "scale", "no-constants", "fused", "strided", "empty", "param"])
+def test_fast_entry_matches_the_checked_op(case):
+    """The C++ fast entry gives the values and gradients of the Python-checked op, bit for bit."""
+    from helpers import make_inputs
+
+    n, k = (0 if case == "empty" else 6), (2 if case == "K=2" else 1)
+    dtype = torch.float32 if case in ("f32", "strided", "param") else torch.float64
+    mu, L, z = make_inputs(n, 4, k, dtype=dtype, seed=3)
+    z = z if k > 1 else z[:, 0]
+    if case == "strided":
+        L = L.mT.contiguous().mT  # the same values, column-major
+        assert not L.is_contiguous()
+    leaves = [torch.nn.Parameter(t) if case == "param" else t.requires_grad_() for t in (mu, L, z)]
+    prior_cov = 2.5 if case == "scale" else None
+    constants = case != "no-constants"
+    impl = "fused" if case == "fused" else "auto"
+    a = chyvae_ext.ops._C.regularizer_fast(*leaves, 7.5, prior_cov, constants, impl)
+    assert a is not None and a.shape == (n,) and a.dtype == dtype
+    b = _checked_op_call(*leaves, 7.5, prior_cov, constants)
     assert torch.equal(a, b)
-    ga = torch.autograd.grad(a.sum(), (mu, L, z))
-    gb = torch.autograd.grad(b.sum(), (mu, L, z))
+    assert torch.equal(chyvae_ext.chyvae_regularizer(*leaves, 7.5, prior_cov, constants=constants, impl=impl), a)
+    ga = torch.autograd.grad(a.sum(), leaves)
+    gb = torch.autograd.grad(b.sum(), leaves)
     assert all(torch.equal(x, y) for x, y in zip(ga, gb, strict=True))
+
+
+class _SubTensor(torch.Tensor):
+    pass
+
+
+@pytest.mark.parametrize("change", [
+    {"nu": 7},                                  # an int: Python converts it
+    {"nu": torch.tensor(7.5)},                  # a tensor (maybe differentiable)
+    {"nu": 3.0},                                # not > d - 1: Python raises
+    {"nu": float("inf")},
+    {"nu": float("nan")},
+    {"prior_cov": torch.eye(4)},                # a full prior: Python factorises it
+    {"prior_cov": -1.0},
+    {"prior_cov": 2},
+    {"constants": 1},
+    {"impl": "reference"},
+    {"impl": "fast"},
+    {"impl": None},
+    {"dtype": torch.float16},                   # computed in float32 by the Python path
+    {"dtype": torch.int64},
+    {"mu_dtype": torch.float64},                # mixed dtypes
+    {"device": "meta"},
+    {"mu": "rank"},
+    {"L": "shape"},
+    {"z": "shape"},
+    {"z": "K=0"},
+    {"mu": "list"},
+    {"mu": "subclass"},
+])
+def test_fast_entry_declines_everything_else(change):
+    """Outside the common call the C++ entry returns None, and chyvae_regularizer's Python checks
+    take over (test_bad_input.py checks their messages through chyvae_regularizer)."""
+    from helpers import make_inputs
+
+    mu, L, z = make_inputs(5, 4, dtype=change.get("dtype", torch.float32))
+    z = z[:, 0]
+    if "device" in change:
+        mu, L, z = (torch.empty_like(t, device=change["device"]) for t in (mu, L, z))
+    if "mu_dtype" in change:
+        mu = mu.to(change["mu_dtype"])
+    if "mu" in change:
+        mu = {"rank": lambda: mu[0], "list": mu.tolist, "subclass": lambda: mu.as_subclass(_SubTensor)}[change["mu"]]()
+    L = L[:, :3, :3] if change.get("L") == "shape" else L
+    z = {"shape": z[:4], "K=0": z[:, None, :][:, :0]}.get(change.get("z"), z)
+    args = (mu, L, z, change.get("nu", 7.5), change.get("prior_cov"), change.get("constants", True),
+            change.get("impl", "auto"))
+    assert chyvae_ext.ops._C.regularizer_fast(*args) is None
 
 
 def test_loading_under_another_torch_is_refused(monkeypatch):

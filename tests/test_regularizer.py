@@ -237,7 +237,7 @@ def test_backward_with_and_without_saved_state_agree(z_rank):
     z = z[:, 0] if z_rank == 2 else z
     nu = torch.tensor(15.0, dtype=torch.float64)
     out, saved = ops.regularizer_forward(mu, L, z, nu, None, 1.0, 0.0, True)
-    assert saved.shape == (40, 7 + 5) and saved.dtype == torch.float64
+    assert saved.shape == (40, 7 + 6) and saved.dtype == torch.float64
     assert torch.equal(out, ops.regularizer(mu, L, z, nu, None, 1.0, 0.0, True))
     grad = torch.randn(40, dtype=torch.float64).expand(3, 40)[1]  # strided, like autograd's
     with_saved = ops.regularizer_backward(grad, mu, L, z, nu, None, 1.0, 0.0, True, saved)
