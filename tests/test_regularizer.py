@@ -115,6 +115,38 @@ def test_gradients_match_reference(k, prior_kind, nu):
     assert torch.count_nonzero(torch.triu(grads[0][1], 1)) == 0  # the upper triangle is never read
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("d", "nu"), [(10, 200.0), (10, 11.5), (32, 34.5), (32, 300.0)])
+def test_specialised_fast_paths_match_reference(d, nu, dtype):
+    """The K = 1 isotropic path at the paper's sizes (d = 10 runs as whole quads with constant masks
+    on the CPU, d = 32 at run-time d): values and every gradient, with NaN and inf above the
+    diagonal that must never be read, and with the saved forward state and without it."""
+    mu, L, z = make_inputs(37, d, seed=d, dtype=torch.float64)
+    z = z[:, 0]
+    garbage = torch.triu(torch.full((d, d), float("nan"), dtype=torch.float64), 1)
+    garbage[0, -1] = float("inf")
+    L_dirty = torch.where(torch.triu(torch.ones(d, d, dtype=torch.bool), 1), garbage, L)
+    weights = torch.randn(37, dtype=torch.float64, generator=torch.Generator().manual_seed(d))
+    results = []
+    for impl, lt in (("fused", L_dirty), ("reference", L)):
+        cast = dtype if impl == "fused" else torch.float64
+        args = [t.to(cast).requires_grad_() for t in (mu, lt, z)]
+        nu_t = torch.tensor(nu, dtype=torch.float64, requires_grad=True)
+        out = chyvae_regularizer(*args, nu_t, impl=impl)
+        results.append((out, *torch.autograd.grad((out * weights.to(cast)).sum(), [*args, nu_t])))
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    for name, a, b in zip(("R", "mu", "L", "z", "nu"), *results, strict=True):
+        assert torch.isfinite(a).all(), name
+        assert float((a.double() - b).norm() / b.norm()) <= tol, name
+    assert torch.count_nonzero(torch.triu(results[0][2], 1)) == 0
+    ops = torch.ops.chyvae_ext
+    args = (mu.to(dtype), L_dirty.to(dtype), z.to(dtype), torch.tensor(nu, dtype=torch.float64), None, 1.0, 0.0, True)
+    _, saved = ops.regularizer_forward(*args)
+    grad = weights.to(dtype)
+    for a, b in zip(ops.regularizer_backward(grad, *args, saved), ops.regularizer_backward(grad, *args), strict=True):
+        assert torch.allclose(a, b, rtol=1e-13, atol=1e-13) if dtype == torch.float64 else torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_nu_gradient_reaches_a_cuda_or_float32_parameter():
     mu, L, z = make_inputs(5, 3, seed=1)
     nu = torch.tensor(7.0, dtype=torch.float32, requires_grad=True)

@@ -31,12 +31,19 @@ int64_t grain_for(int64_t d, int64_t k) { return std::max<int64_t>(1, 65536 / (d
 // time otherwise. Measured on the CI machine: d = 10 gains 15-40% from full masked rows; at d = 32
 // the masked rows cost twice the work and ran 2x slower than the triangular run-time loops, and
 // a constant d with triangular rows gained nothing.
+// (At d = 10 the rows run as whole quads with constant masks, reg_*_point_iso1_quads.)
 template <int DS, typename T>
 CHY_HD void forward_iso1(const RegParams& p, int64_t begin, int64_t end, const T* mu, const T* L, const T* z, T* out,
                          double* saved, double* ws) {
   const int64_t d = p.d, ss = reg_iso1_saved_size(p.d);
   for (int64_t i = begin; i < end; ++i) {
     double* si = saved != nullptr ? saved + i * ss : ws;
+#ifdef CHY_QUAD
+    if (DS > 0) {
+      out[i] = static_cast<T>(reg_forward_point_iso1_quads<DS>(p, mu + i * d, L + i * d * d, z + i * d, si));
+      continue;
+    }
+#endif
     out[i] = static_cast<T>(reg_forward_point_iso1<DS>(p, mu + i * d, L + i * d * d, z + i * d, si));
   }
 }
@@ -46,10 +53,19 @@ CHY_HD void backward_iso1(const RegParams& p, int64_t begin, int64_t end, const 
                           const T* mu, const T* L, const T* z, const double* saved, double* ws, T* g_mu, T* g_l,
                           T* g_z, double* g_nu) {
   const int64_t d = p.d, ss = reg_iso1_saved_size(p.d);
-  for (int64_t i = begin; i < end; ++i)
-    g_nu[i] = reg_backward_point_iso1<DS>(p, static_cast<double>(grad[i * grad_stride]), mu + i * d, L + i * d * d,
-                                          z + i * d, saved != nullptr ? saved + i * ss : nullptr, ws, g_mu + i * d,
+  for (int64_t i = begin; i < end; ++i) {
+    const double g = static_cast<double>(grad[i * grad_stride]);
+    const double* si = saved != nullptr ? saved + i * ss : nullptr;
+#ifdef CHY_QUAD
+    if (DS > 0) {
+      g_nu[i] = reg_backward_point_iso1_quads<DS>(p, g, mu + i * d, L + i * d * d, z + i * d, si, ws, g_mu + i * d,
+                                                  g_l + i * d * d, g_z + i * d);
+      continue;
+    }
+#endif
+    g_nu[i] = reg_backward_point_iso1<DS>(p, g, mu + i * d, L + i * d * d, z + i * d, si, ws, g_mu + i * d,
                                           g_l + i * d * d, g_z + i * d);
+  }
 }
 
 template <typename T>
