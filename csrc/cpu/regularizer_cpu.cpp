@@ -27,11 +27,12 @@ namespace {
 // than it saves.
 int64_t grain_for(int64_t d, int64_t k) { return std::max<int64_t>(1, 65536 / (d * (d + 4 * k))); }
 
-// The fast path, with d fixed at compile time for d = 10 (SPEC 2: the synthetic sets) and at run
-// time otherwise. Measured on the CI machine: d = 10 gains 15-40% from full masked rows; at d = 32
-// the masked rows cost twice the work and ran 2x slower than the triangular run-time loops, and
-// a constant d with triangular rows gained nothing.
-// (At d = 10 the rows run as whole quads with constant masks, reg_*_point_iso1_quads.)
+// The fast path, with d fixed at compile time for d = 10 and 32 (SPEC 2's latent sizes) and at
+// run time otherwise. With d fixed, the rows run as whole quads of columns whose lower-triangle
+// masks are constants (reg_*_point_iso1_quads; measured on the CI machine, standalone: d = 10
+// about 1.5-2x per datapoint each way, d = 32 about 1.25x, over the scalar masked rows and the
+// run-time-d rows respectively). Without GCC's vector extension (CHY_QUAD), d = 10 uses the
+// scalar masked rows and d = 32 the run-time path.
 template <int DS, typename T>
 CHY_HD void forward_iso1(const RegParams& p, int64_t begin, int64_t end, const T* mu, const T* L, const T* z, T* out,
                          double* saved, double* ws) {
@@ -76,6 +77,9 @@ CHY_HD void forward_chunk(const RegParams& p, int64_t begin, int64_t end, const 
   if (prec == nullptr && p.K == 1) {
     switch (p.d) {
       case 10: return forward_iso1<10>(p, begin, end, mu, L, z, out, saved, ws.data());
+#ifdef CHY_QUAD
+      case 32: return forward_iso1<32>(p, begin, end, mu, L, z, out, saved, ws.data());
+#endif
       default: return forward_iso1<0>(p, begin, end, mu, L, z, out, saved, ws.data());
     }
   }
@@ -92,6 +96,9 @@ CHY_HD void backward_chunk(const RegParams& p, int64_t begin, int64_t end, const
   if (prec == nullptr && p.K == 1) {
     switch (p.d) {
       case 10: return backward_iso1<10>(p, begin, end, grad, grad_stride, mu, L, z, saved, ws.data(), g_mu, g_l, g_z, g_nu);
+#ifdef CHY_QUAD
+      case 32: return backward_iso1<32>(p, begin, end, grad, grad_stride, mu, L, z, saved, ws.data(), g_mu, g_l, g_z, g_nu);
+#endif
       default: return backward_iso1<0>(p, begin, end, grad, grad_stride, mu, L, z, saved, ws.data(), g_mu, g_l, g_z, g_nu);
     }
   }
