@@ -180,7 +180,8 @@ BackwardCall begin_backward(const at::Tensor& grad, const at::Tensor& mu, const 
   b.L = L.contiguous();
   b.z = z.contiguous();
   // Read in place, strided: autograd usually hands over an expanded (stride-0) tensor.
-  b.grad = grad.to(mu.scalar_type());
+  // (to() is a dispatcher call even when the dtype already matches.)
+  b.grad = grad.scalar_type() == mu.scalar_type() ? grad : grad.to(mu.scalar_type());
   b.g_mu = at::empty_like(b.mu);
   b.g_l = at::empty_like(b.L);
   b.g_z = at::empty_like(b.z);
