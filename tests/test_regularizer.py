@@ -310,3 +310,35 @@ def test_tiny_cholesky_diagonals(d):
     assert torch.isfinite(ref).all()
     assert float(ref[2]) < -100 * d  # sum log L_ii ~ -230 d: the term under test dominates
     assert rel_err(fused, ref) <= 1e-12
+
+
+def test_autograd_node_behaves_like_torchs_own():
+    """The hand-written backward node: named, frees what it saved after a backward (a second one
+    needs retain_graph), honours saved-tensor hooks, computes only the gradients asked for, and
+    refuses forward-mode AD with a message instead of a silent zero tangent."""
+    mu, L, z = make_inputs(6, 4, seed=4)
+    z = z[:, 0]
+    leaves = [t.clone().requires_grad_() for t in (mu, L, z)]
+    out = chyvae_regularizer(*leaves, 9.0, impl="fused")
+    assert "RegularizerBackward" in out.grad_fn.name()
+    first = torch.autograd.grad(out.sum(), leaves, retain_graph=True)
+    again = torch.autograd.grad(out.sum(), leaves)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        torch.autograd.grad(out.sum(), leaves)
+
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t.shape) or t.clone(), lambda t: t):
+        out = chyvae_regularizer(*leaves, 9.0, impl="fused")
+    assert len(packed) == 5  # mu, L, z, nu and the forward's saved state (no prior_prec)
+    hooked = torch.autograd.grad(out.sum(), leaves)
+    assert all(torch.equal(a, b) for a, b in zip(first, hooked, strict=True))
+
+    only_l = L.clone().requires_grad_()
+    (g_l,) = torch.autograd.grad(chyvae_regularizer(mu, only_l, z, 9.0, impl="fused").sum(), [only_l])
+    assert torch.equal(g_l, first[1])
+
+    import torch.autograd.forward_ad as fwad
+
+    with fwad.dual_level(), pytest.raises(RuntimeError, match="does not support forward-mode"):
+        chyvae_regularizer(fwad.make_dual(mu, torch.ones_like(mu)), L, z, 9.0, impl="fused")
