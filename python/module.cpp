@@ -78,7 +78,7 @@ py::object regularizer_fast(py::handle mu_o, py::handle L_o, py::handle z_o, py:
   if (!z_ok) return none;
   const double nu = PyFloat_AS_DOUBLE(nu_o.ptr());
   if (!(std::isfinite(nu) && nu > static_cast<double>(d - 1))) return none;
-  const at::Tensor& nu_t = nu_tensor(nu);
+  const at::Tensor nu_t = nu_tensor(nu);  // our own reference: the cache may change without the GIL
   const bool constants = constants_o.ptr() == Py_True;
   at::Tensor out;
   {
