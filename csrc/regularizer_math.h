@@ -594,8 +594,7 @@ CHY_HD double reg_backward_point_iso1(const RegParams& p, double g, const T* mu,
 // a compare and branch per entry (measured: 90-120 ns a datapoint each way at d = 10).
 
 typedef long long RegQuadI __attribute__((vector_size(32)));
-
-// Columns [4q, 4q + 4) of a row of D entries, zero past column D - 1 (never read there).
+// Two doubles: the last, half-used quad of a row when D % 4 == 2 (D = 10) is one 8- or 16-byte load.
 typedef double RegPair __attribute__((vector_size(16)));
 typedef float RegPairF __attribute__((vector_size(8)));
 
@@ -610,10 +609,11 @@ inline __attribute__((always_inline)) RegPair reg_pair_load(const float* p) {
   return __builtin_convertvector(v, RegPair);
 }
 
+// Columns [4q, 4q + 4) of a row of D entries, zero past column D - 1 (never read there).
 template <int D, typename T>
 inline __attribute__((always_inline)) RegQuad reg_quad_load_cols(const T* row, int q) {
   if (4 * q + 4 <= D) return reg_quad_load(row + 4 * q);
-  if (4 * q + 2 == D) {  // one 8- or 16-byte load instead of two scalar ones
+  if (4 * q + 2 == D) {
     const RegPair lo = reg_pair_load(row + 4 * q), zero = {0.0, 0.0};
     return __builtin_shufflevector(lo, zero, 0, 1, 2, 3);
   }
