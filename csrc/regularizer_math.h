@@ -358,8 +358,19 @@ CHY_HD int64_t reg_iso1_saved_size(int d) { return static_cast<int64_t>(d) + 6; 
 struct RegIso1Sums {
   double a, m, ww, ss;  // a = 1 + z^T P z, m = mu^T P z, |w|^2, |L|_F^2
   double mm;            // |mu|^2
-  double log_a;         // log a: filled by the forward, or by a backward that recomputes the sums
+  double log_a;         // log a
 };
+
+// Fills r.log_a and writes the sums after w in `saved` (saved[d..d+6)), as reg_iso1_load reads them.
+CHY_HD void reg_iso1_store(int d, RegIso1Sums& r, double* saved) {
+  r.log_a = log(r.a);
+  saved[d] = r.a;
+  saved[d + 1] = r.m;
+  saved[d + 2] = r.ww;
+  saved[d + 3] = r.ss;
+  saved[d + 4] = r.mm;
+  saved[d + 5] = r.log_a;
+}
 
 // DS: d as a compile-time constant (0: d = p.d at run time). With DS > 0 every row is walked in
 // full with the upper triangle masked to zero: fixed trip counts let the compiler keep w in
@@ -408,7 +419,7 @@ inline __attribute__((always_inline)) void reg_quad_store(float* p, RegQuad v) {
 }
 #endif
 
-// Computes w into saved[0..d) and the sums into saved[d..d+5).
+// Computes w into saved[0..d) and the sums and log a into saved[d..d+6).
 template <int DS, typename T>
 CHY_HD RegIso1Sums reg_iso1_sums(int d_run, double p_iso, const T* mu, const T* L, const T* z, double* saved) {
   const int d = DS > 0 ? DS : d_run;
@@ -473,12 +484,7 @@ CHY_HD RegIso1Sums reg_iso1_sums(int d_run, double p_iso, const T* mu, const T* 
   r.ww = ww;
   r.ss = ss;
   r.mm = mm;
-  r.log_a = NAN;
-  saved[d] = r.a;
-  saved[d + 1] = r.m;
-  saved[d + 2] = r.ww;
-  saved[d + 3] = r.ss;
-  saved[d + 4] = r.mm;
+  reg_iso1_store(d, r, saved);
   return r;
 }
 
@@ -499,14 +505,30 @@ CHY_HD double reg_iso1_trace(int d, double p_iso, const RegIso1Sums& r) {
   return p_iso * r.ss + p_iso * r.mm + d - q / r.a;
 }
 
+// R of one datapoint from its sums.
+template <typename T>
+CHY_HD double reg_iso1_value(const RegParams& p, int d, const RegIso1Sums& r, const T* L) {
+  return -p.alpha * (p.log_det_psi + r.log_a) - p.beta * reg_iso1_trace(d, p.p_iso, r) + reg_sum_log_diag(d, L) +
+         p.constant;
+}
+
+// g * dR/dnu of one datapoint from its sums: explicit through alpha and beta, and through s when
+// Psi = s(nu) Sigma0.
+CHY_HD double reg_iso1_dnu(const RegParams& p, int d, double g, const RegIso1Sums& r) {
+  const double inv_a = 1.0 / r.a;
+  const double trace = reg_iso1_trace(d, p.p_iso, r);
+  double dnu = -0.5 * (p.log_det_psi + r.log_a) - 0.5 * trace;
+  if (p.ds_dnu != 0.0) {
+    const double tr_h2q = (r.ww + r.m * r.m + r.a - 1.0) * inv_a * inv_a;
+    dnu += p.ds_dnu * (-(p.alpha + p.beta) * (d - 1 + inv_a) + p.beta * (trace - tr_h2q)) / p.s;
+  }
+  return g * (dnu + p.dconst_dnu);
+}
+
 // `saved`: reg_iso1_saved_size(d) doubles, filled for the backward.
 template <int DS, typename T>
 CHY_HD double reg_forward_point_iso1(const RegParams& p, const T* mu, const T* L, const T* z, double* saved) {
-  const RegIso1Sums r = reg_iso1_sums<DS>(p.d, p.p_iso, mu, L, z, saved);
-  const double log_a = log(r.a);
-  saved[p.d + 5] = log_a;
-  return -p.alpha * (p.log_det_psi + log_a) - p.beta * reg_iso1_trace(p.d, p.p_iso, r) +
-         reg_sum_log_diag(p.d, L) + p.constant;
+  return reg_iso1_value(p, p.d, reg_iso1_sums<DS>(p.d, p.p_iso, mu, L, z, saved), L);
 }
 
 // `saved`: what the forward left for this datapoint, or nullptr to recompute it into `ws`
@@ -516,8 +538,7 @@ CHY_HD double reg_backward_point_iso1(const RegParams& p, double g, const T* mu,
                                       const double* saved, double* ws, T* g_mu, T* g_l, T* g_z) {
   const int d = DS > 0 ? DS : p.d;
   const double pi = p.p_iso;
-  RegIso1Sums r = saved != nullptr ? reg_iso1_load(d, saved) : reg_iso1_sums<DS>(d, pi, mu, L, z, ws);
-  if (saved == nullptr) r.log_a = log(r.a);
+  const RegIso1Sums r = saved != nullptr ? reg_iso1_load(d, saved) : reg_iso1_sums<DS>(d, pi, mu, L, z, ws);
   const double* w_mem = saved != nullptr ? saved : ws;
   double w_local[DS > 0 ? DS : 1];  // registers when d is known, and provably not aliased by g_l
   if (DS > 0)
@@ -576,13 +597,7 @@ CHY_HD double reg_backward_point_iso1(const RegParams& p, double g, const T* mu,
     g_z[i] = static_cast<T>(g * (-two_a * vi + two_b * e * inv_a));
     g_mu[i] = static_cast<T>(g * (-two_b * (pi * static_cast<double>(mu[i]) - vi * r.m)));
   }
-  const double trace = reg_iso1_trace(d, pi, r);
-  double dnu = -0.5 * (p.log_det_psi + r.log_a) - 0.5 * trace;
-  if (p.ds_dnu != 0.0) {
-    const double tr_h2q = (qp + r.a - 1.0) * inv_a * inv_a;
-    dnu += p.ds_dnu * (-(p.alpha + p.beta) * (d - 1 + inv_a) + p.beta * (trace - tr_h2q)) / p.s;
-  }
-  return g * (dnu + p.dconst_dnu);
+  return reg_iso1_dnu(p, d, g, r);
 }
 
 #ifdef CHY_QUAD
@@ -688,15 +703,8 @@ inline __attribute__((always_inline)) double reg_forward_point_iso1_quads(const 
   r.ww = reg_quad_sum(wwq);
   r.ss = reg_quad_sum(ssq);
   r.mm = reg_quad_sum(mm);
-  r.log_a = log(r.a);
-  saved[D] = r.a;
-  saved[D + 1] = r.m;
-  saved[D + 2] = r.ww;
-  saved[D + 3] = r.ss;
-  saved[D + 4] = r.mm;
-  saved[D + 5] = r.log_a;
-  return -p.alpha * (p.log_det_psi + r.log_a) - p.beta * reg_iso1_trace(D, pi, r) + reg_sum_log_diag(D, L) +
-         p.constant;
+  reg_iso1_store(D, r, saved);
+  return reg_iso1_value(p, D, r, L);
 }
 
 // `saved`: what the forward left for this datapoint, or nullptr to recompute it into `ws`
@@ -755,13 +763,7 @@ inline __attribute__((always_inline)) double reg_backward_point_iso1_quads(const
     reg_quad_store_cols<D>(g_z, q, g * (-two_a * vq + (two_b * inv_a) * e));
     reg_quad_store_cols<D>(g_mu, q, g * (-two_b * (pi * mq - r.m * vq)));
   }
-  const double trace = reg_iso1_trace(D, pi, r);
-  double dnu = -0.5 * (p.log_det_psi + r.log_a) - 0.5 * trace;
-  if (p.ds_dnu != 0.0) {
-    const double tr_h2q = (qp + r.a - 1.0) * inv_a * inv_a;
-    dnu += p.ds_dnu * (-(p.alpha + p.beta) * (D - 1 + inv_a) + p.beta * (trace - tr_h2q)) / p.s;
-  }
-  return g * (dnu + p.dconst_dnu);
+  return reg_iso1_dnu(p, D, g, r);
 }
 #endif  // CHY_QUAD
 
