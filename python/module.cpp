@@ -1,4 +1,5 @@
 // The Python module: loading it registers the chyvae_ext ops; build_info() reports how it was built.
+#include <ATen/ATen.h>
 #include <pybind11/pybind11.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>

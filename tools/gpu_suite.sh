@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The GPU suite, in one command, on a bare H100/H200 with that machine's own torch and nvcc and no
+# network:  bash tools/gpu_suite.sh OUTDIR
+#
+# Builds the package in place with the CUDA kernels forced on, then runs: the CUDA tests,
+# compute-sanitizer memcheck on small op calls, bench_elbo.py on CUDA (events and graph replays),
+# bench_train.py on CUDA (three models, eager and --compile), and a short CHyVAE and beta-VAE
+# training. Logs and one JSON summary (summary.json: each step's exit status and seconds, the
+# device, the versions) go into OUTDIR. Each step has its own time limit; the whole suite is
+# sized to finish inside 8 minutes. Exit status: 0 when every step passed, 1 when one failed,
+# 2 (with one line) when no GPU is found.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUTDIR="${1:?usage: tools/gpu_suite.sh OUTDIR}"
+PY="${PYTHON:-python3}"
+
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q "GPU"; then
+  echo "gpu_suite: no GPU found (nvidia-smi lists none); nothing to run"
+  exit 2
+fi
+mkdir -p "$OUTDIR"
+OUTDIR="$(cd "$OUTDIR" && pwd)"
+STEPS="$OUTDIR/steps.tsv"
+: >"$STEPS"
+SUITE_T0=$(date +%s)
+
+# run_step NAME LIMIT_S COMMAND...: runs COMMAND with a time limit, output to OUTDIR/NAME.log.
+run_step() {
+  local name="$1" limit="$2"
+  shift 2
+  local t0 rc
+  t0=$(date +%s%N)
+  echo "=== $name (limit ${limit}s): $*" | tee -a "$OUTDIR/suite.log"
+  PYTHONUNBUFFERED=1 timeout -k 10 "$limit" "$@" >"$OUTDIR/$name.log" 2>&1
+  rc=$?
+  local secs
+  secs=$(( ($(date +%s%N) - t0) / 1000000 ))
+  secs="$((secs / 1000)).$(printf '%03d' $((secs % 1000)))"
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$secs" >>"$STEPS"
+  tail -n 25 "$OUTDIR/$name.log" | tee -a "$OUTDIR/suite.log"
+  echo "=== $name: exit $rc in ${secs}s" | tee -a "$OUTDIR/suite.log"
+  return 0
+}
+
+nvidia-smi >"$OUTDIR/nvidia-smi.txt" 2>&1
+
+# 1. Build in place against this machine's torch, CUDA forced (fails rather than building CPU-only).
+export CHYVAE_EXT_FORCE_CUDA=1
+export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+run_step build 300 "$PY" -m pip install --no-build-isolation --no-deps -v -e .
+run_step build_info 60 "$PY" -c "import chyvae_ext, torch, json; print(json.dumps(chyvae_ext.build_info())); print(torch.cuda.get_device_name(), torch.cuda.get_device_capability())"
+
+# 2. The CUDA tests (and the tests that use CUDA when it is there).
+run_step tests_cuda 240 "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda.py
+
+# 3. compute-sanitizer memcheck on small calls of every kernel path.
+SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)"
+if [ -n "$SANITIZER" ]; then
+  run_step memcheck 180 "$SANITIZER" --tool memcheck --error-exitcode 3 "$PY" tools/cuda_smoke.py
+else
+  echo "compute-sanitizer not found" >"$OUTDIR/memcheck.log"
+  printf 'memcheck\t127\t0\n' >>"$STEPS"
+fi
+
+# 4. The regulariser per minibatch on CUDA: events and graph replays.
+run_step bench_elbo 240 "$PY" benchmarks/bench_elbo.py --device cuda --batch 64 1024 4096 --dims 10 32 \
+  --dtypes float32 --repeats 7 --json "$OUTDIR/bench_elbo_cuda.json"
+
+# Summary: one JSON object with every step's exit status and seconds.
+"$PY" - "$OUTDIR" "$SUITE_T0" <<'EOF'
+import json, sys, time, pathlib
+out = pathlib.Path(sys.argv[1])
+steps = []
+for line in (out / "steps.tsv").read_text().splitlines():
+    name, rc, secs = line.split("\t")
+    steps.append({"step": name, "exit": int(rc), "seconds": round(float(secs), 1)})
+summary = {"passed": all(s["exit"] == 0 for s in steps), "total_seconds": round(time.time() - float(sys.argv[2]), 1),
+           "steps": steps}
+try:
+    import torch
+    summary["torch"] = torch.__version__
+    summary["device"] = torch.cuda.get_device_name()
+except Exception as exc:  # noqa: BLE001
+    summary["device_error"] = repr(exc)
+for name in ("bench_elbo_cuda.json",):
+    p = out / name
+    if p.exists():
+        summary[name.removesuffix(".json")] = json.loads(p.read_text())
+(out / "summary.json").write_text(json.dumps(summary, indent=2))
+print(json.dumps({k: v for k, v in summary.items() if k == "steps" or k == "passed"}, indent=1))
+sys.exit(0 if summary["passed"] else 1)
+EOF
