@@ -1,71 +1,31 @@
 #include "regularizer_host.h"
 
 #include <ATen/ATen.h>
-#include <ATen/native/Math.h>
 
 #include <cmath>
 
 namespace chyvae_ext {
 namespace {
 
-// log Gamma_d(a), psi_d(a) and psi'_d(a) of SPEC 1.1.
-double mv_lgamma(double a, int d) {
-  double acc = 0.25 * d * (d - 1) * std::log(M_PI);
-  for (int i = 1; i <= d; ++i) acc += std::lgamma(a + 0.5 * (1 - i));
-  return acc;
-}
-
-double mv_digamma(double a, int d) {
-  double acc = 0.0;
-  for (int i = 1; i <= d; ++i) acc += calc_digamma(a + 0.5 * (1 - i));
-  return acc;
-}
-
-double mv_trigamma(double a, int d) {
-  double acc = 0.0;
-  for (int i = 1; i <= d; ++i) acc += trigamma(a + 0.5 * (1 - i));
-  return acc;
-}
-
-struct ConstantTerms {
-  double constant = 0.0;    // c(nu, Psi, d, K) (forward only)
-  double dconst_dnu = 0.0;  // dc/dnu (backward only)
-};
-
-ConstantTerms compute_constant_terms(double nu, int d, int k, double log_det_psi, double s, double ds_dnu,
-                                     bool backward) {
-  ConstantTerms c;
-  const double nup = nu + static_cast<double>(k);
-  const double dd = static_cast<double>(d);
-  if (!backward) {
-    c.constant = 0.5 * nu * log_det_psi + 0.5 * nup * dd + 0.5 * dd + 0.5 * dd * std::log(2.0) +
-                 mv_lgamma(0.5 * nup, d) - mv_lgamma(0.5 * nu, d);
-    if (k != 1) c.constant += 0.5 * (1.0 - static_cast<double>(k)) * mv_digamma(0.5 * nup, d);
-  } else {
-    c.dconst_dnu = 0.5 * log_det_psi + 0.5 * dd + 0.5 * mv_digamma(0.5 * nup, d) - 0.5 * mv_digamma(0.5 * nu, d) +
-                   ds_dnu * nu * dd / (2.0 * s);
-    if (k != 1) c.dconst_dnu += 0.25 * (1.0 - static_cast<double>(k)) * mv_trigamma(0.5 * nup, d);
-  }
-  return c;
-}
-
-// c or dc/dnu, remembered per thread for the last arguments of each pass: a training run calls
-// with one nu, d, K and prior throughout, and the 2d special functions cost ~1 us a call.
-ConstantTerms constant_terms(double nu, int d, int k, double log_det_psi, double s, double ds_dnu, bool backward) {
+// sum_i reg_const_term(nu, K, i, backward), remembered per thread for the last arguments of each
+// pass: a training run calls with one nu, d and K throughout, and the 2d special functions cost
+// ~1 us a call.
+double const_term_sum(double nu, int d, int k, bool backward) {
   struct Entry {
     bool valid = false;
-    double nu = 0.0, log_det_psi = 0.0;
+    double nu = 0.0;
     int d = 0, k = 0;
-    ConstantTerms value;
+    double value = 0.0;
   };
   thread_local Entry last[2];  // [forward, backward]
   Entry& e = last[backward ? 1 : 0];
-  if (!(e.valid && e.nu == nu && e.d == d && e.k == k && e.log_det_psi == log_det_psi)) {
-    e.value = compute_constant_terms(nu, d, k, log_det_psi, s, ds_dnu, backward);
+  if (!(e.valid && e.nu == nu && e.d == d && e.k == k)) {
+    double acc = 0.0;
+    for (int i = 0; i < d; ++i) acc += reg_const_term(nu, k, i, backward);
+    e.value = acc;
     e.nu = nu;
     e.d = d;
     e.k = k;
-    e.log_det_psi = log_det_psi;
     e.valid = true;
   }
   return e.value;
@@ -94,46 +54,50 @@ PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, cons
   TORCH_CHECK_VALUE(L.device() == mu.device() && z.device() == mu.device(),
                     "chyvae_ext: mu, L and z must be on one device, got ", mu.device(), ", ",
                     L.device(), ", ", z.device());
-  TORCH_CHECK_VALUE(nu.dim() == 0 && nu.is_floating_point() && nu.device().is_cpu(),
-                    "chyvae_ext: nu must be a 0-d floating CPU tensor, got shape ", nu.sizes(),
-                    " dtype ", nu.scalar_type(), " on ", nu.device());
+  TORCH_CHECK_VALUE(nu.dim() == 0 && (nu.scalar_type() == at::kFloat || nu.scalar_type() == at::kDouble) &&
+                        nu.device() == mu.device(),
+                    "chyvae_ext: nu must be a 0-d float32 or float64 tensor on ", mu.device(),
+                    " like mu, got shape ", nu.sizes(), " dtype ", nu.scalar_type(), " on ", nu.device());
   const int64_t k = z.dim() == 3 ? z.size(1) : 1;
-  // Read in place when it can be: item() is a dispatcher call, ~1 us on the CI machine.
-  const double nu_v = nu.scalar_type() == at::kDouble ? *nu.const_data_ptr<double>() : nu.item<double>();
-  TORCH_CHECK_VALUE(std::isfinite(nu_v) && nu_v > static_cast<double>(d - 1),
-                    "chyvae_ext: nu must be finite and > d - 1 = ", d - 1, ", got ", nu_v);
   TORCH_CHECK_VALUE(d <= 4096 && k <= 4096, "chyvae_ext: d and K must be at most 4096, got d = ", d,
                     ", K = ", k);
 
   PreparedCall out;
-  RegParams& p = out.params;
-  p.d = static_cast<int>(d);
-  p.K = static_cast<int>(k);
-  p.alpha = 0.5 * (nu_v + 1.0);
-  p.beta = 0.5 * (nu_v + static_cast<double>(k));
-  p.s = std::max(nu_v - static_cast<double>(d) - 1.0, 1.0);
-  p.ds_dnu = (nu_v - static_cast<double>(d) - 1.0 > 1.0) ? 1.0 : 0.0;
-  if (prior_prec.has_value()) {
+  RegConfig& c = out.config;
+  c.d = static_cast<int>(d);
+  c.K = static_cast<int>(k);
+  c.constants = constants;
+  c.full_prior = prior_prec.has_value();
+  c.prior_scale = 1.0;
+  c.prior_logdet = 0.0;
+  if (c.full_prior) {
     const at::Tensor& pp = *prior_prec;
     TORCH_CHECK_VALUE(pp.dim() == 2 && pp.size(0) == d && pp.size(1) == d,
                       "chyvae_ext: prior_prec must have shape (", d, ", ", d, "), got ", pp.sizes());
     TORCH_CHECK_VALUE(pp.device() == mu.device(), "chyvae_ext: prior_prec must be on ", mu.device(),
                       ", got ", pp.device());
-    out.prec = (pp.to(at::kDouble) / p.s).contiguous();
-    p.p_iso = 0.0;
-    p.log_det_psi = static_cast<double>(d) * std::log(p.s) + prior_logdet;
+    TORCH_CHECK_VALUE(std::isfinite(prior_logdet), "chyvae_ext: prior_logdet must be finite, got ", prior_logdet);
+    // No copy when it is already float64 and contiguous (the Python side keeps it so).
+    out.prec = pp.scalar_type() == at::kDouble && pp.is_contiguous() ? pp : pp.to(at::kDouble).contiguous();
+    c.prior_logdet = prior_logdet;
   } else {
     TORCH_CHECK_VALUE(prior_scale > 0.0 && std::isfinite(prior_scale),
                       "chyvae_ext: prior_scale must be positive and finite, got ", prior_scale);
-    p.p_iso = 1.0 / (p.s * prior_scale);
-    p.log_det_psi = static_cast<double>(d) * std::log(p.s * prior_scale);
+    c.prior_scale = prior_scale;
   }
-  p.constant = 0.0;
-  p.dconst_dnu = 0.0;
-  if (constants) {
-    const ConstantTerms c = constant_terms(nu_v, p.d, p.K, p.log_det_psi, p.s, p.ds_dnu, backward);
-    p.constant = c.constant;
-    p.dconst_dnu = c.dconst_dnu;
+  out.nu_f = nu.scalar_type() == at::kFloat ? nu.const_data_ptr<float>() : nullptr;
+  out.nu_d = nu.scalar_type() == at::kDouble ? nu.const_data_ptr<double>() : nullptr;
+  if (mu.device().is_cpu()) {
+    // Read in place: item() is a dispatcher call, ~1 us on the CI machine.
+    const double nu_v = out.nu_d != nullptr ? *out.nu_d : static_cast<double>(*out.nu_f);
+    TORCH_CHECK_VALUE(std::isfinite(nu_v) && nu_v > static_cast<double>(d - 1),
+                      "chyvae_ext: nu must be finite and > d - 1 = ", d - 1, ", got ", nu_v);
+    const double sum = constants ? const_term_sum(nu_v, c.d, c.K, backward) : 0.0;
+    out.params = reg_params_finish(c, nu_v, sum, backward);
+  } else {
+    out.params = RegParams{};  // computed by the kernels from nu in device memory
+    out.params.d = c.d;
+    out.params.K = c.K;
   }
   return out;
 }

@@ -10,23 +10,27 @@
 namespace chyvae_ext {
 
 struct PreparedCall {
-  RegParams params;
-  at::Tensor prec;  // P = Sigma0^-1 / s, float64 (d, d) on the inputs' device; undefined if isotropic
+  RegConfig config;
+  RegParams params;     // from nu on the host: CPU inputs only (CUDA kernels compute them from nu)
+  at::Tensor prec;      // Prec0 = Sigma0^-1, float64 contiguous (d, d) on the inputs' device; undefined if isotropic
+  const float* nu_f;    // nu in its own memory (the inputs' device): one of these is set
+  const double* nu_d;
 };
 
-// Checks shapes, dtypes and devices (kernels assume what this checks) and computes the scalars.
-// nu: 0-d floating tensor on the CPU. prior_prec: Sigma0^-1 (d, d), or nullopt for
-// Sigma0 = prior_scale * I. prior_logdet: log|Sigma0| (ignored when isotropic). The forward needs
-// c, the backward dc/dnu: `backward` says which, so each pass evaluates only its special functions.
+// Checks shapes, dtypes and devices (kernels assume what this checks) and, for CPU inputs, computes
+// the scalars. nu: 0-d float32/float64 tensor on the inputs' device (read there: on CUDA nothing
+// waits for the host). prior_prec: Sigma0^-1 (d, d), or nullopt for Sigma0 = prior_scale * I.
+// prior_logdet: log|Sigma0| (ignored when isotropic). The forward needs c, the backward dc/dnu:
+// `backward` says which, so each pass evaluates only its special functions.
 PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z,
                                  const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec,
                                  double prior_scale, double prior_logdet, bool constants, bool backward);
 
 // Whether a call runs the K = 1 isotropic fast path, and the per-datapoint size of what its
 // forward saves for the backward (0 on the general path).
-inline bool uses_iso1(const PreparedCall& call) { return !call.prec.defined() && call.params.K == 1; }
+inline bool uses_iso1(const PreparedCall& call) { return !call.prec.defined() && call.config.K == 1; }
 inline int64_t saved_size(const PreparedCall& call) {
-  return uses_iso1(call) ? reg_iso1_saved_size(call.params.d) : 0;
+  return uses_iso1(call) ? reg_iso1_saved_size(call.config.d) : 0;
 }
 
 // Everything a backend's forward needs: the checked call, contiguous inputs, outputs to fill.

@@ -30,11 +30,14 @@
 
 namespace chyvae_ext {
 
-// Per-call scalars, computed once on the host from nu, d, K and the prior.
+// Per-call scalars, all functions of nu and the fixed configuration (RegConfig). The CPU backend
+// computes them on the host; the CUDA kernels compute them on the device from nu in device memory
+// (reg_params_finish after a block-wide sum of reg_const_term), so that nothing waits for the host
+// and a captured CUDA graph reads the current nu at every replay.
 struct RegParams {
   int d;
   int K;
-  double p_iso;         // P = p_iso * I when the prior is isotropic (prec == nullptr)
+  double p_iso;         // P = p_iso * Prec0: Prec0 = I (isotropic prior) or Sigma0^-1 (prec != nullptr)
   double alpha;         // (nu + 1) / 2
   double beta;          // (nu + K) / 2
   double s;             // Psi = s * Sigma0, s = max(nu - d - 1, 1)
@@ -43,6 +46,96 @@ struct RegParams {
   double constant;      // c(nu, Psi, d, K), or 0 without constants
   double dconst_dnu;    // total derivative of c with respect to nu, or 0 without constants
 };
+
+// What a call fixes besides nu: shapes and the prior (a fixed hyperparameter).
+struct RegConfig {
+  int d;
+  int K;
+  bool full_prior;      // Sigma0 given by its precision (prec != nullptr), else prior_scale * I
+  double prior_scale;   // Sigma0 = prior_scale * I (isotropic prior)
+  double prior_logdet;  // log|Sigma0| (full prior)
+  bool constants;       // include c(nu, Psi, d, K)
+};
+
+// digamma and trigamma for x > 0 (the arguments here are (nu - i) / 2 > 0): the recurrences
+// psi(x) = psi(x + 1) - 1/x and psi'(x) = psi'(x + 1) + 1/x^2 up to x >= 10, then the asymptotic
+// series, whose first omitted term is below 3e-14 relative there. A non-positive or NaN x gives NaN.
+CHY_HD double reg_digamma(double x) {
+  if (!(x > 0.0)) return NAN;
+  double acc = 0.0;
+  while (x < 10.0) {
+    acc -= 1.0 / x;
+    x += 1.0;
+  }
+  const double r = 1.0 / (x * x);
+  const double series =
+      r * (1.0 / 12 - r * (1.0 / 120 - r * (1.0 / 252 - r * (1.0 / 240 - r * (1.0 / 132 - r * (691.0 / 32760))))));
+  return acc + log(x) - 0.5 / x - series;
+}
+
+CHY_HD double reg_trigamma(double x) {
+  if (!(x > 0.0)) return NAN;
+  double acc = 0.0;
+  while (x < 10.0) {
+    acc += 1.0 / (x * x);
+    x += 1.0;
+  }
+  const double r = 1.0 / (x * x);
+  const double series =
+      1.0 / 6 - r * (1.0 / 30 - r * (1.0 / 42 - r * (1.0 / 30 - r * (5.0 / 66 - r * (691.0 / 2730)))));
+  return acc + 1.0 / x + 0.5 * r + series * r / x;
+}
+
+// Term i (0 <= i < d) of the sums over i in c (forward) or dc/dnu (backward): the multivariate
+// log-gamma, digamma and trigamma of SPEC 1.1 are sums over a - i/2.
+CHY_HD double reg_const_term(double nu, int K, int i, bool backward) {
+  const double a = 0.5 * (nu + K) - 0.5 * i, b = 0.5 * nu - 0.5 * i;
+  if (!backward) {
+    double t = lgamma(a) - lgamma(b);
+    if (K != 1) t += 0.5 * (1.0 - K) * reg_digamma(a);
+    return t;
+  }
+  double t = 0.5 * reg_digamma(a) - 0.5 * reg_digamma(b);
+  if (K != 1) t += 0.25 * (1.0 - K) * reg_trigamma(a);
+  return t;
+}
+
+// The scalars of one call from nu, the configuration and term_sum = sum_i reg_const_term (unused
+// without constants). A nu that is not finite and > d - 1 makes every R and gradient NaN (the
+// CPU host code refuses such a nu before this; on CUDA it is read in device memory, unchecked).
+CHY_HD RegParams reg_params_finish(const RegConfig& c, double nu, double term_sum, bool backward) {
+  RegParams p;
+  const double dd = static_cast<double>(c.d);
+  p.d = c.d;
+  p.K = c.K;
+  p.alpha = 0.5 * (nu + 1.0);
+  p.beta = 0.5 * (nu + c.K);
+  p.s = fmax(nu - dd - 1.0, 1.0);
+  p.ds_dnu = (nu - dd - 1.0 > 1.0) ? 1.0 : 0.0;
+  if (c.full_prior) {
+    p.p_iso = 1.0 / p.s;
+    p.log_det_psi = dd * log(p.s) + c.prior_logdet;
+  } else {
+    p.p_iso = 1.0 / (p.s * c.prior_scale);
+    p.log_det_psi = dd * log(p.s * c.prior_scale);
+  }
+  p.constant = 0.0;
+  p.dconst_dnu = 0.0;
+  if (c.constants) {
+    if (!backward) {
+      p.constant = 0.5 * nu * p.log_det_psi + 0.5 * (nu + c.K) * dd + 0.5 * dd + 0.5 * dd * log(2.0) + term_sum;
+    } else {
+      p.dconst_dnu = 0.5 * p.log_det_psi + 0.5 * dd + term_sum + p.ds_dnu * nu * dd / (2.0 * p.s);
+    }
+  }
+  if (!(nu > dd - 1.0 && nu < INFINITY)) {  // NaN-safe: NaN fails the first comparison
+    p.p_iso = NAN;
+    p.constant = NAN;
+    p.dconst_dnu = NAN;
+    p.log_det_psi = NAN;
+  }
+  return p;
+}
 
 // Doubles of scratch one datapoint needs.
 CHY_HD int64_t reg_workspace_size(int d, int K) {
@@ -95,14 +188,14 @@ CHY_HD double reg_dot(int n, const A* a, const B* b) {
   return (s0 + s1) + (s2 + s3);
 }
 
-// out = P x (P is d x d row-major in double, or p_iso * I when prec == nullptr).
+// out = P x, P = p_iso * Prec0 (Prec0: d x d row-major in double, or I when prec == nullptr).
 template <typename T>
 CHY_HD void reg_apply_p(int d, const double* prec, double p_iso, const T* x, double* out) {
   if (prec == nullptr) {
     for (int i = 0; i < d; ++i) out[i] = p_iso * static_cast<double>(x[i]);
     return;
   }
-  for (int i = 0; i < d; ++i) out[i] = reg_dot(d, prec + i * d, x);
+  for (int i = 0; i < d; ++i) out[i] = p_iso * reg_dot(d, prec + i * d, x);
 }
 
 // out[j] = (P L)_ij for j <= i. L is lower-triangular, so row k of L contributes its first
@@ -116,7 +209,7 @@ CHY_HD void reg_pl_row(int d, const double* prec, double p_iso, const T* L, int 
   }
   for (int j = 0; j <= i; ++j) out[j] = 0.0;
   for (int k = 0; k < d; ++k) {
-    const double a = prec[i * d + k];
+    const double a = p_iso * prec[i * d + k];
     const T* lk = L + k * d;
     const int len = (k < i ? k : i) + 1;
     for (int j = 0; j < len; ++j) out[j] += a * static_cast<double>(lk[j]);
@@ -395,7 +488,7 @@ CHY_HD double reg_lower_at(const T* li, int i, int j) {
 // four-lane scalar loops below by itself (measured: mostly scalar code, 2-wide at best); the
 // vector extension makes it 4-wide with AVX2 and two 2-wide halves on baseline x86-64. CUDA
 // threads are scalar and keep the plain loops.
-#if !defined(__CUDACC__) && defined(__GNUC__)
+#if !defined(__CUDACC__) && !defined(CHY_CUDA_EMULATION) && defined(__GNUC__)
 #define CHY_QUAD 1
 typedef double RegQuad __attribute__((vector_size(32)));
 typedef float RegQuadF __attribute__((vector_size(16)));

@@ -1,97 +1,52 @@
-// CUDA backend: one thread per datapoint running the shared per-datapoint math.
+// CUDA backend: the kernels of regularizer_kernels.cuh launched through regularizer_launch.h on the
+// current stream, with grids sized to what the device keeps resident.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime.h>
 #include <torch/library.h>
 
+#include <mutex>
 #include <tuple>
-#include <type_traits>
+#include <unordered_map>
+#include <utility>
 
-#include "../regularizer_host.h"
-#include "../regularizer_math.h"
+#include "regularizer_launch.h"
 
 namespace chyvae_ext {
 namespace {
 
-constexpr int kThreads = 128;
+using cuda_kernels::kThreads;
 
-// saved: reg_iso1_saved_size(d) doubles per datapoint on the fast path (written), else unused.
-// DS: d at compile time on the fast path (see the CPU backend), 0 otherwise.
-template <int DS, typename T>
-__global__ void regularizer_forward_kernel(RegParams p, int64_t n, const T* __restrict__ mu,
-                                           const T* __restrict__ L, const T* __restrict__ z,
-                                           const double* __restrict__ prec, double* __restrict__ ws,
-                                           int64_t ws_size, double* __restrict__ saved, T* __restrict__ out) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  const int64_t d = p.d, kd = static_cast<int64_t>(p.K) * p.d;
-  double* w = ws + i * ws_size;
-  if (prec == nullptr && p.K == 1) {
-    double* si = saved != nullptr ? saved + i * reg_iso1_saved_size(p.d) : w;
-    out[i] = static_cast<T>(reg_forward_point_iso1<DS>(p, mu + i * d, L + i * d * d, z + i * d, si));
-  } else {
-    out[i] = static_cast<T>(reg_forward_point(p, mu + i * d, L + i * d * d, z + i * kd, prec, w));
-  }
+// Blocks of kThreads threads that the current device keeps resident for `kernel` (the occupancy
+// API, once per kernel and device): the grid-stride loops need no more, and the scratch is sized
+// to them. Host-side queries only: nothing is enqueued, so this is safe during graph capture.
+int64_t resident_blocks(const void* kernel) {
+  static std::mutex mutex;
+  static std::unordered_map<const void*, std::unordered_map<int, int64_t>> cache;
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mutex);
+  auto& per_device = cache[kernel];
+  auto it = per_device.find(device);
+  if (it != per_device.end()) return it->second;
+  int sms = 0, per_sm = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
+  const int64_t blocks = static_cast<int64_t>(sms) * (per_sm > 0 ? per_sm : 1);
+  per_device.emplace(device, blocks);
+  return blocks;
 }
 
-template <int DS, typename T>
-__global__ void regularizer_backward_kernel(RegParams p, int64_t n, const T* __restrict__ grad,
-                                            int64_t grad_stride, const T* __restrict__ mu,
-                                            const T* __restrict__ L, const T* __restrict__ z,
-                                            const double* __restrict__ prec, const double* __restrict__ saved,
-                                            double* __restrict__ ws, int64_t ws_size, T* __restrict__ g_mu,
-                                            T* __restrict__ g_l, T* __restrict__ g_z, double* __restrict__ g_nu) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  const int64_t d = p.d, kd = static_cast<int64_t>(p.K) * p.d;
-  const double g = static_cast<double>(grad[i * grad_stride]);
-  double* w = ws + i * ws_size;
-  if (prec == nullptr && p.K == 1) {
-    const double* si = saved != nullptr ? saved + i * reg_iso1_saved_size(p.d) : nullptr;
-    g_nu[i] = reg_backward_point_iso1<DS>(p, g, mu + i * d, L + i * d * d, z + i * d, si, w, g_mu + i * d,
-                                      g_l + i * d * d, g_z + i * d);
-  } else {
-    g_nu[i] = reg_backward_point(p, g, mu + i * d, L + i * d * d, z + i * kd, prec, w, g_mu + i * d,
-                                 g_l + i * d * d, g_z + i * kd);
-  }
-}
+void check_launch() { C10_CUDA_KERNEL_LAUNCH_CHECK(); }
 
-unsigned int blocks_for(int64_t n) { return static_cast<unsigned int>((n + kThreads - 1) / kThreads); }
-
-// Calls fn with d as a compile-time constant where the fast path specialises it (as on the CPU), else 0.
-template <typename Fn>
-void with_static_d(const PreparedCall& call, Fn&& fn) {
-  if (uses_iso1(call) && call.params.d == 10) return fn(std::integral_constant<int, 10>());
-  fn(std::integral_constant<int, 0>());
-}
-
-std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& mu_in, const at::Tensor& L_in,
-                                                const at::Tensor& z_in, const at::Tensor& nu,
-                                                const std::optional<at::Tensor>& prior_prec, double prior_scale,
-                                                double prior_logdet, bool constants, bool save) {
-  const c10::cuda::CUDAGuard guard(mu_in.device());
-  ForwardCall f = begin_forward(mu_in, L_in, z_in, nu, prior_prec, prior_scale, prior_logdet, constants, save);
-  const int64_t n = f.mu.size(0);
-  if (n == 0) return {f.out, f.saved};
-  // The fast path keeps its scratch in `saved` when there is one; otherwise scratch per thread.
-  const bool need_ws = !(uses_iso1(f.call) && save);
-  const int64_t ws_size = need_ws ? reg_workspace_size(f.call.params.d, f.call.params.K) : 0;
-  at::Tensor ws = at::empty({n * ws_size}, f.mu.options().dtype(at::kDouble));
-  const double* prec = f.call.prec.defined() ? f.call.prec.const_data_ptr<double>() : nullptr;
-  double* saved_p = f.saved.numel() > 0 ? f.saved.mutable_data_ptr<double>() : nullptr;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(f.mu.scalar_type(), "regularizer_cuda", [&] {
-    with_static_d(f.call, [&](auto ds) {
-      regularizer_forward_kernel<decltype(ds)::value, scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-          f.call.params, n, f.mu.const_data_ptr<scalar_t>(), f.L.const_data_ptr<scalar_t>(),
-          f.z.const_data_ptr<scalar_t>(), prec, ws.mutable_data_ptr<double>(), ws_size, saved_p,
-          f.out.mutable_data_ptr<scalar_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-  return {f.out, f.saved};
+std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z,
+                                                const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec,
+                                                double prior_scale, double prior_logdet, bool constants, bool save) {
+  const c10::cuda::CUDAGuard guard(mu.device());
+  return cuda_kernels::run_forward(mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants, save,
+                                   resident_blocks, c10::cuda::getCurrentCUDAStream().stream(), check_launch);
 }
 
 at::Tensor regularizer_cuda(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z, const at::Tensor& nu,
@@ -112,25 +67,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_
     const std::optional<at::Tensor>& prior_prec, double prior_scale, double prior_logdet, bool constants,
     const std::optional<at::Tensor>& saved) {
   const c10::cuda::CUDAGuard guard(mu.device());
-  BackwardCall b = begin_backward(grad, mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants, saved);
-  const int64_t n = b.mu.size(0);
-  if (n == 0) return {b.g_mu, b.g_l, b.g_z, b.g_nu};
-  const bool need_ws = !(uses_iso1(b.call) && b.saved != nullptr);
-  const int64_t ws_size = need_ws ? reg_workspace_size(b.call.params.d, b.call.params.K) : 0;
-  at::Tensor ws = at::empty({n * ws_size}, b.mu.options().dtype(at::kDouble));
-  const double* prec = b.call.prec.defined() ? b.call.prec.const_data_ptr<double>() : nullptr;
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(b.mu.scalar_type(), "regularizer_backward_cuda", [&] {
-    with_static_d(b.call, [&](auto ds) {
-      regularizer_backward_kernel<decltype(ds)::value, scalar_t><<<blocks_for(n), kThreads, 0, stream>>>(
-          b.call.params, n, b.grad.const_data_ptr<scalar_t>(), b.grad.stride(0), b.mu.const_data_ptr<scalar_t>(),
-          b.L.const_data_ptr<scalar_t>(), b.z.const_data_ptr<scalar_t>(), prec, b.saved,
-          ws.mutable_data_ptr<double>(), ws_size, b.g_mu.mutable_data_ptr<scalar_t>(),
-          b.g_l.mutable_data_ptr<scalar_t>(), b.g_z.mutable_data_ptr<scalar_t>(), b.g_nu.mutable_data_ptr<double>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-  });
-  return {b.g_mu, b.g_l, b.g_z, b.g_nu};
+  return cuda_kernels::run_backward(grad, mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants, saved,
+                                    resident_blocks, c10::cuda::getCurrentCUDAStream().stream(), check_launch);
 }
 
 }  // namespace
