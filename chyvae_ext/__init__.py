@@ -8,6 +8,7 @@ from ._loader import load_extension
 
 _C = load_extension()
 
+from ._validate import PriorCov  # noqa: E402
 from .ops import chyvae_regularizer, fused_available  # noqa: E402
 from .reference import chyvae_regularizer_ref  # noqa: E402
 
@@ -25,6 +26,7 @@ def build_info() -> dict:
 
 
 __all__ = [
+    "PriorCov",
     "build_info",
     "chyvae_regularizer",
     "chyvae_regularizer_ref",

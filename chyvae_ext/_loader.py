@@ -41,10 +41,21 @@ def check_build_compat(
                 f"chyvae_ext was built with CUDA {built_cuda} kernels, but the installed torch "
                 f"{running_torch} is a CPU build. {REBUILD_HINT}"
             )
-        if built_cuda is None or _major_minor(built_cuda) != _major_minor(running_cuda):
+        # torch's own policy for extensions: the major version must match; a minor mismatch warns
+        # (CUDA's minor-version compatibility lets such a module run).
+        if built_cuda is None or _major_minor(built_cuda)[0] != _major_minor(running_cuda)[0]:
             raise ImportError(
                 f"chyvae_ext was built with CUDA {built_cuda}, but torch {running_torch} uses CUDA "
-                f"{running_cuda}. {REBUILD_HINT} Point CUDA_HOME at a CUDA {running_cuda} toolkit."
+                f"{running_cuda}: the major versions differ. {REBUILD_HINT} Point CUDA_HOME at a CUDA "
+                f"{running_cuda} toolkit."
+            )
+        if _major_minor(built_cuda) != _major_minor(running_cuda):
+            warnings.warn(
+                f"chyvae_ext was built with CUDA {built_cuda} and torch {running_torch} uses CUDA {running_cuda}: "
+                "the minor versions differ, which CUDA's minor-version compatibility allows. If the "
+                f"kernels fail to load or run, rebuild: {REBUILD_HINT}",
+                RuntimeWarning,
+                stacklevel=4,
             )
 
 

@@ -19,12 +19,52 @@ class RegularizerInputs:
     mu: torch.Tensor  # (N, d)
     L: torch.Tensor  # (N, d, d)
     z: torch.Tensor  # (N, d) or (N, K, d)
-    nu: torch.Tensor  # 0-d float64 on the CPU, differentiable when the user's nu is
+    nu: torch.Tensor  # 0-d float32/float64 on the inputs' device, differentiable when the user's nu is
     prior_cov: torch.Tensor | None  # (d, d) in the compute dtype, or None for prior_scale * I
     prior_scale: float
     prior_prec: torch.Tensor | None  # Sigma0^-1, float64 (d, d), on the inputs' device
     prior_logdet: float  # log|Sigma0|, for a full prior_cov
     out_dtype: torch.dtype
+
+
+class PriorCov:
+    """A full prior covariance Sigma0, validated once: its precision and log-determinant kept with it.
+
+    ``chyvae_regularizer(..., prior_cov=PriorCov(cov))`` and ``CHyVAE(prior_cov=cov)`` use it so that
+    a training step checks nothing on the device: validating a plain tensor (finite, symmetric,
+    positive-definite) reads values back from the device and factorises it, on every call.
+
+    Attributes: ``cov`` (d, d) as given, ``prec`` = Sigma0^-1 in float64 on the same device, and
+    ``logdet`` = log|Sigma0| (a float). ``to(device)`` moves the tensors.
+    """
+
+    def __init__(self, cov: torch.Tensor):
+        if isinstance(cov, PriorCov):
+            cov, prec, logdet = cov.cov, cov.prec, cov.logdet
+        else:
+            cov, prec, logdet = _validate_cov_tensor(cov, None)
+        self.cov, self.prec, self.logdet = cov, prec, logdet
+
+    @classmethod
+    def trusted(cls, cov: torch.Tensor, prec: torch.Tensor, logdet: float) -> PriorCov:
+        """Rebuilds a validated prior from its parts (as a model keeps them in buffers); no checks."""
+        obj = object.__new__(cls)
+        obj.cov, obj.prec, obj.logdet = cov, prec, logdet
+        return obj
+
+    def to(self, device) -> PriorCov:
+        return PriorCov.trusted(self.cov.to(device), self.prec.to(device), self.logdet)
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.cov.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.cov.device
+
+    def __repr__(self) -> str:
+        return f"PriorCov(d={self.cov.shape[0]}, logdet={self.logdet:.6g}, device={self.cov.device})"
 
 
 def check_impl(impl: object) -> str:
@@ -42,13 +82,24 @@ def _check_tensor(name: str, value: object) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _nu_tensor(value: float) -> torch.Tensor:
+def _nu_tensor(value: float, device: torch.device) -> torch.Tensor:
     # Creating a 0-d tensor costs more than the fused kernels at small batches; nu is read-only.
-    return torch.tensor(value, dtype=torch.float64)
+    # On a GPU this is one copy from the host the first time a value is seen, none after.
+    return torch.tensor(value, dtype=torch.float64, device=device)
 
 
-def _check_nu(nu: object, d: int) -> torch.Tensor:
-    nu_t = None
+def _check_nu_value(value: float, d: int) -> None:
+    if not math.isfinite(value) or value <= d - 1:
+        raise ValueError(f"nu must be finite and greater than d - 1 = {d - 1} (d = {d}), got {value}")
+
+
+def _check_nu(nu: object, d: int, device: torch.device) -> torch.Tensor:
+    """nu as a 0-d float32/float64 tensor on ``device`` (differentiable when nu is).
+
+    A number or a CPU tensor is checked (> d - 1) here. A tensor already on a GPU is not: reading
+    its value would make the host wait for the device; the kernels read it in device memory, and a
+    value that is not finite and > d - 1 makes R and its gradients NaN.
+    """
     if type(nu) is float:  # the common case first: the ABC check of numbers.Real costs ~1 us
         value = nu
     elif isinstance(nu, bool) or not isinstance(nu, (numbers.Real, torch.Tensor)):
@@ -58,40 +109,30 @@ def _check_nu(nu: object, d: int) -> torch.Tensor:
             raise ValueError(f"nu must be a 0-d tensor, got shape {tuple(nu.shape)}")
         if not nu.is_floating_point():
             raise TypeError(f"nu must be a floating-point tensor, got dtype {nu.dtype}")
-        nu_t = nu.to(device="cpu", dtype=torch.float64)
-        if torch.compiler.is_compiling():
-            return nu_t  # the compiled op checks the value itself
-        value = float(nu_t.detach())
+        if nu.device.type == "cpu" and not torch.compiler.is_compiling():
+            _check_nu_value(float(nu.detach()), d)
+        if nu.dtype not in (torch.float32, torch.float64):
+            nu = nu.to(torch.float32)
+        return nu if nu.device == device else nu.to(device)
     else:
         value = float(nu)
-    if not math.isfinite(value) or value <= d - 1:
-        raise ValueError(f"nu must be finite and greater than d - 1 = {d - 1} (d = {d}), got {value}")
-    if nu_t is None:
-        nu_t = torch.tensor(value, dtype=torch.float64) if torch.compiler.is_compiling() else _nu_tensor(value)
-    return nu_t
+    _check_nu_value(value, d)
+    if torch.compiler.is_compiling():
+        return torch.tensor(value, dtype=torch.float64, device=device)
+    return _nu_tensor(value, device)
 
 
-def _check_prior_cov(prior_cov: object, d: int, device: torch.device, dtype: torch.dtype):
-    """Returns (prior_cov tensor or None, scale, precision float64 or None, log|Sigma0|)."""
-    if prior_cov is None:
-        return None, 1.0, None, 0.0
-    if isinstance(prior_cov, bool):
-        raise TypeError("prior_cov must be None, a positive float or a (d, d) tensor, got bool")
-    if isinstance(prior_cov, numbers.Real):
-        scale = float(prior_cov)
-        if not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"prior_cov as a number must be positive and finite, got {scale}")
-        return None, scale, None, 0.0
+def _validate_cov_tensor(prior_cov: object, d: int | None):
+    """(cov, Sigma0^-1 in float64, log|Sigma0|) of a covariance tensor; reads it back (syncs)."""
     if not isinstance(prior_cov, torch.Tensor):
         raise TypeError(
-            f"prior_cov must be None, a positive float or a (d, d) tensor, got {type(prior_cov).__name__}"
+            f"prior_cov must be None, a positive float, a (d, d) tensor or a PriorCov, got {type(prior_cov).__name__}"
         )
     if not prior_cov.is_floating_point():
         raise TypeError(f"prior_cov must be a floating-point tensor, got dtype {prior_cov.dtype}")
-    if prior_cov.shape != (d, d):
-        raise ValueError(f"prior_cov must have shape ({d}, {d}), got {tuple(prior_cov.shape)}")
-    if prior_cov.device != device:
-        raise ValueError(f"prior_cov must be on {device} like mu, got {prior_cov.device}")
+    if prior_cov.dim() != 2 or prior_cov.shape[0] != prior_cov.shape[1] or (d is not None and prior_cov.shape[0] != d):
+        want = f"({d}, {d})" if d is not None else "(d, d)"
+        raise ValueError(f"prior_cov must have shape {want}, got {tuple(prior_cov.shape)}")
     if prior_cov.requires_grad:
         raise ValueError("prior_cov must not require grad: it is a fixed hyperparameter here")
     cov64 = prior_cov.to(torch.float64)
@@ -109,9 +150,33 @@ def _check_prior_cov(prior_cov: object, d: int, device: torch.device, dtype: tor
             "prior_cov must be symmetric positive-definite, got a matrix whose Cholesky "
             f"factorisation fails at leading minor {int(info)}"
         )
-    prec = torch.cholesky_inverse(chol)
+    prec = torch.cholesky_inverse(chol).contiguous()
     logdet = float(2.0 * torch.log(torch.diagonal(chol)).sum())
-    return prior_cov.to(dtype), 1.0, prec, logdet
+    return prior_cov.detach(), prec, logdet
+
+
+def _check_prior_cov(prior_cov: object, d: int, device: torch.device, dtype: torch.dtype):
+    """Returns (prior_cov tensor or None, scale, precision float64 or None, log|Sigma0|)."""
+    if prior_cov is None:
+        return None, 1.0, None, 0.0
+    if isinstance(prior_cov, bool):
+        raise TypeError("prior_cov must be None, a positive float, a (d, d) tensor or a PriorCov, got bool")
+    if isinstance(prior_cov, numbers.Real):
+        scale = float(prior_cov)
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"prior_cov as a number must be positive and finite, got {scale}")
+        return None, scale, None, 0.0
+    if isinstance(prior_cov, PriorCov):  # validated when it was made: shape and device only
+        if prior_cov.cov.shape != (d, d):
+            raise ValueError(f"prior_cov must have shape ({d}, {d}), got {tuple(prior_cov.cov.shape)}")
+        if prior_cov.cov.device != device or prior_cov.prec.device != device:
+            raise ValueError(f"prior_cov must be on {device} like mu, got {prior_cov.cov.device}")
+        prec = prior_cov.prec if prior_cov.prec.dtype == torch.float64 else prior_cov.prec.to(torch.float64)
+        return prior_cov.cov.to(dtype), 1.0, prec, prior_cov.logdet
+    if isinstance(prior_cov, torch.Tensor) and prior_cov.shape == (d, d) and prior_cov.device != device:
+        raise ValueError(f"prior_cov must be on {device} like mu, got {prior_cov.device}")
+    cov, prec, logdet = _validate_cov_tensor(prior_cov, d)
+    return cov.to(dtype), 1.0, prec, logdet
 
 
 def check_regularizer_inputs(mu, L, z, nu, prior_cov) -> RegularizerInputs:
@@ -139,7 +204,7 @@ def check_regularizer_inputs(mu, L, z, nu, prior_cov) -> RegularizerInputs:
         )
     out_dtype = mu.dtype
     compute = mu.dtype if mu.dtype in (torch.float32, torch.float64) else torch.float32
-    nu_t = _check_nu(nu, d)
+    nu_t = _check_nu(nu, d, mu.device)
     cov, scale, prec, logdet = _check_prior_cov(prior_cov, d, mu.device, compute)
     if compute != mu.dtype:
         mu, L, z = mu.to(compute), L.to(compute), z.to(compute)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from . import _C, _build_config
+from . import _arch, _C, _build_config
 from ._validate import check_impl, check_regularizer_inputs
 from .reference import regularizer_from_checked
 
@@ -37,11 +39,42 @@ def _regularizer_backward_fake(grad, mu, L, z, nu, prior_prec, prior_scale, prio
 # wrapper of torch.library.register_autograd cost more than the fused kernels themselves.
 
 
-def fused_available(device: torch.device) -> bool:
-    """Whether a fused kernel was compiled for tensors on ``device``."""
+def fused_available(device: torch.device | str) -> bool:
+    """Whether a fused kernel was compiled that can run on ``device``.
+
+    On CUDA: the module was built with CUDA kernels and holds machine code for the device's compute
+    capability or PTX the driver can compile for it (see :func:`chyvae_ext.build_info`'s
+    ``cuda_archs``). ``impl="auto"`` uses the reference where this is False, with one warning.
+    """
+    device = torch.device(device)
     if device.type == "cpu":
         return True
-    return device.type == "cuda" and bool(_build_config.WITH_CUDA)
+    if device.type != "cuda" or not _build_config.WITH_CUDA:
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _arch_supported(index)
+
+
+@torch.compiler.assume_constant_result
+def _arch_supported(index: int) -> bool:
+    ok = _SUPPORTED.get(index)
+    if ok is None:
+        ok = _SUPPORTED[index] = _arch.runs_on(_build_config.CUDA_ARCHS, torch.cuda.get_device_capability(index))
+        if ok:
+            _C.allow_cuda_device(index)
+        else:
+            warnings.warn(
+                f"chyvae_ext: the CUDA kernels were built for {_build_config.CUDA_ARCHS}, which cannot run on "
+                f"cuda:{index} (compute capability {'.'.join(map(str, torch.cuda.get_device_capability(index)))}); "
+                "impl='auto' uses the pure-PyTorch reference there. Rebuild with TORCH_CUDA_ARCH_LIST naming "
+                "this device's capability for the fused kernels.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+    return ok
+
+
+_SUPPORTED: dict[int, bool] = {}
 
 
 def chyvae_regularizer(

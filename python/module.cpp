@@ -7,7 +7,9 @@
 
 #include <cmath>
 #include <string>
-#include <unordered_map>
+#include <map>
+#include <utility>
+#include <vector>
 
 #include "../csrc/regularizer_host.h"
 
@@ -21,27 +23,44 @@ namespace {
 
 // An argument of the fast path: a plain torch.Tensor (or Parameter, not a subclass, whose methods
 // could mean something else) holding float32 or float64 on a device with compiled kernels.
+// CUDA devices that chyvae_ext.fused_available() found the built kernels can run on (it reports
+// each here); other CUDA devices take the Python path, which decides between kernel and reference.
+std::vector<bool>& cuda_devices_ok() {
+  static std::vector<bool> ok;
+  return ok;
+}
+
 const at::Tensor* fast_tensor(py::handle obj) {
   if (!THPVariable_CheckExact(obj.ptr())) return nullptr;
   const at::Tensor& t = THPVariable_Unpack(obj.ptr());
   const auto dtype = t.scalar_type();
   if (dtype != at::kFloat && dtype != at::kDouble) return nullptr;
 #ifdef CHYVAE_EXT_WITH_CUDA
-  if (!t.is_cpu() && !t.is_cuda()) return nullptr;
+  if (t.is_cuda()) {
+    const auto& ok = cuda_devices_ok();
+    const int index = t.device().index();
+    if (index < 0 || index >= static_cast<int>(ok.size()) || !ok[index]) return nullptr;
+  } else if (!t.is_cpu()) {
+    return nullptr;
+  }
 #else
   if (!t.is_cpu()) return nullptr;
 #endif
   return &t;
 }
 
-// nu as the 0-d float64 CPU tensor the op takes, one per value: making a tensor costs about as
-// much as the fused kernels at B = 64. The op only reads it. Called with the GIL held.
-const at::Tensor& nu_tensor(double value) {
-  static std::unordered_map<double, at::Tensor> cache;
-  auto it = cache.find(value);
+// nu as the 0-d float64 tensor the op takes, on the inputs' device, one per value and device: making
+// a tensor costs about as much as the fused kernels at B = 64 (and on a GPU, a copy from the host).
+// The op only reads it. Called with the GIL held.
+const at::Tensor& nu_tensor(double value, const at::Device& device) {
+  static std::map<std::pair<double, std::pair<int, int>>, at::Tensor> cache;
+  const auto key = std::make_pair(value, std::make_pair(static_cast<int>(device.type()), static_cast<int>(device.index())));
+  auto it = cache.find(key);
   if (it != cache.end()) return it->second;
   if (cache.size() >= 64) cache.clear();
-  return cache.emplace(value, at::scalar_tensor(value, at::TensorOptions().dtype(at::kDouble))).first->second;
+  at::Tensor t = at::scalar_tensor(value, at::TensorOptions().dtype(at::kDouble));
+  if (!device.is_cpu()) t = t.to(device);
+  return cache.emplace(key, std::move(t)).first->second;
 }
 
 // chyvae_regularizer for the common eager call, checked here instead of in Python (the Python
@@ -79,7 +98,7 @@ py::object regularizer_fast(py::handle mu_o, py::handle L_o, py::handle z_o, py:
   if (!z_ok) return none;
   const double nu = PyFloat_AS_DOUBLE(nu_o.ptr());
   if (!(std::isfinite(nu) && nu > static_cast<double>(d - 1))) return none;
-  const at::Tensor nu_t = nu_tensor(nu);  // our own reference: the cache may change without the GIL
+  const at::Tensor nu_t = nu_tensor(nu, mu->device());  // our own reference: the cache may change without the GIL
   const bool constants = constants_o.ptr() == Py_True;
   at::Tensor out;
   {
@@ -105,6 +124,15 @@ PYBIND11_MODULE(_C, m) {
         "chyvae_regularizer's common eager call checked and run in C++; None when the call is outside it",
         py::arg("mu"), py::arg("L"), py::arg("z"), py::arg("nu"), py::arg("prior_cov"), py::arg("constants"),
         py::arg("impl"));
+  m.def(
+      "allow_cuda_device",
+      [](int index) {
+        auto& ok = cuda_devices_ok();
+        if (index >= static_cast<int>(ok.size())) ok.resize(index + 1, false);
+        ok[index] = true;
+      },
+      "lets the C++ entry run on this CUDA device (chyvae_ext.fused_available found the kernels can run there)",
+      py::arg("index"));
   m.def("build_info", []() {
     py::dict info;
     info["version"] = CHYVAE_EXT_VERSION;

@@ -14,6 +14,7 @@ import numbers
 import torch
 from torch import nn
 
+from .._validate import PriorCov
 from ..ops import chyvae_regularizer
 from .networks import Decoder, Encoder, reconstruction_error
 
@@ -46,8 +47,29 @@ class _Base(nn.Module):
         if x.dim() != 4 or x.shape[1:] != (self.channels, 64, 64):
             raise ValueError(f"x must have shape (N, {self.channels}, 64, 64), got {tuple(x.shape)}")
 
-    def _noise(self, shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+    def sample_noise(
+        self, n: int, device: torch.device | str, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """The standard-normal draws ``loss`` makes for a batch of n, in the order it makes them.
+
+        Drawing them outside and passing ``loss(x, noise=...)`` gives the same result as
+        ``loss(x, generator=...)``; compiled training steps do this, since a torch.Generator cannot
+        enter a compiled graph.
+        """
+        dtype = self.decoder.fc[0].weight.dtype  # the parameters' dtype (heads run in it under autocast)
+        return tuple(torch.randn(s, generator=generator, device=device, dtype=dtype) for s in self._noise_shapes(n))
+
+    def _noise_shapes(self, n: int) -> list[tuple[int, ...]]:
+        return [(n, self.latent_dim)]
+
+    def _take_noise(self, n, like, generator, noise) -> tuple[torch.Tensor, ...]:
+        if noise is None:
+            return self.sample_noise(n, like.device, generator)
+        shapes = self._noise_shapes(n)
+        if len(noise) != len(shapes) or any(tuple(t.shape) != s for t, s in zip(noise, shapes, strict=False)):
+            got = [tuple(t.shape) for t in noise]
+            raise ValueError(f"noise must be tensors of shapes {shapes} (from sample_noise), got {got}")
+        return tuple(noise)
 
 
 class BetaVAE(_Base):
@@ -65,10 +87,13 @@ class BetaVAE(_Base):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.posterior(x)[0]
 
-    def loss(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def loss(
+        self, x: torch.Tensor, *, generator: torch.Generator | None = None, noise: tuple[torch.Tensor, ...] | None = None
+    ) -> dict[str, torch.Tensor]:
         self.check_input(x)
         mu, logvar = self.posterior(x)
-        z = mu + torch.exp(0.5 * logvar) * self._noise(mu.shape, mu, generator)
+        (eps,) = self._take_noise(len(x), mu, generator, noise)
+        z = mu + torch.exp(0.5 * logvar) * eps
         recon = reconstruction_error(self.decoder(z), x)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
         return {
@@ -109,8 +134,10 @@ class FactorVAE(BetaVAE):
             d_in = disc_hidden
         self.discriminator = nn.Sequential(*layers, nn.Linear(d_in, 2))
 
-    def loss(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        out = super().loss(x, generator=generator)
+    def loss(
+        self, x: torch.Tensor, *, generator: torch.Generator | None = None, noise: tuple[torch.Tensor, ...] | None = None
+    ) -> dict[str, torch.Tensor]:
+        out = super().loss(x, generator=generator, noise=noise)
         logits = self.discriminator(out["z"])
         tc = (logits[:, 0] - logits[:, 1]).mean()
         out["tc"] = tc
@@ -154,10 +181,8 @@ class CHyVAE(_Base):
         _check_positive("num_samples", num_samples, integer=True)
         self.num_samples, self.impl, self.learn_nu = num_samples, impl, bool(learn_nu)
         self._nu_floor = latent_dim - 1 + 1e-3  # strictly above d - 1 even in float32
-        if torch.is_tensor(prior_cov):
-            self.register_buffer("prior_cov", prior_cov.detach().clone())
-        else:
-            self.prior_cov = prior_cov
+        self.set_prior_cov(prior_cov)
+        self.register_load_state_dict_post_hook(_rederive_prior)
         self._nu_fixed = float(nu)
         if self.learn_nu:
             if nu <= self._nu_floor:
@@ -166,9 +191,40 @@ class CHyVAE(_Base):
 
     @property
     def nu(self) -> torch.Tensor | float:
+        """nu: a float when fixed, else a 0-d tensor on the model's device (never read back to the host)."""
         if self.learn_nu:
             return self._nu_floor + nn.functional.softplus(self.nu_raw)
         return self._nu_fixed
+
+    def set_prior_cov(self, prior_cov: float | torch.Tensor | PriorCov | None) -> None:
+        """Sets Sigma0: None (identity), a positive float, or an SPD (d, d) tensor (or PriorCov).
+
+        A tensor is validated here, once (this reads it back from its device), and kept with its
+        precision (float64) and log-determinant as buffers that move with the model, so that
+        ``loss`` checks nothing on the device.
+        """
+        for name in ("prior_cov", "prior_prec"):
+            if name in self._buffers:
+                del self._buffers[name]
+        if isinstance(prior_cov, (torch.Tensor, PriorCov)):
+            prior = PriorCov(prior_cov)
+            if prior.cov.shape != (self.latent_dim, self.latent_dim):
+                raise ValueError(
+                    f"prior_cov must have shape ({self.latent_dim}, {self.latent_dim}), got {tuple(prior.cov.shape)}"
+                )
+            self.register_buffer("prior_cov", prior.cov.clone())
+            self.register_buffer("prior_prec", prior.prec.clone(), persistent=False)
+            self._prior_logdet = prior.logdet
+        else:
+            if prior_cov is not None:
+                _check_positive("prior_cov", prior_cov)
+                prior_cov = float(prior_cov)
+            self.prior_cov, self.prior_prec, self._prior_logdet = prior_cov, None, 0.0
+
+    def _prior_arg(self) -> float | PriorCov | None:
+        if self.prior_prec is None:
+            return self.prior_cov
+        return PriorCov.trusted(self.prior_cov, self.prior_prec, self._prior_logdet)
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.latent_dim
@@ -180,14 +236,19 @@ class CHyVAE(_Base):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.posterior(x)[0]
 
-    def loss(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def _noise_shapes(self, n: int) -> list[tuple[int, ...]]:
+        return [(n, self.latent_dim, 1), (n, self.num_samples, self.latent_dim, 1)]
+
+    def loss(
+        self, x: torch.Tensor, *, generator: torch.Generator | None = None, noise: tuple[torch.Tensor, ...] | None = None
+    ) -> dict[str, torch.Tensor]:
         self.check_input(x)
         mu, L = self.posterior(x)
-        n, d = mu.shape
-        z = mu + (L @ self._noise((n, d, 1), mu, generator)).squeeze(-1)
-        zs = mu[:, None] + (L[:, None] @ self._noise((n, self.num_samples, d, 1), mu, generator)).squeeze(-1)
+        eps, eps_k = self._take_noise(len(x), mu, generator, noise)
+        z = mu + (L @ eps).squeeze(-1)
+        zs = mu[:, None] + (L[:, None] @ eps_k).squeeze(-1)
         recon = reconstruction_error(self.decoder(z), x)
-        reg = chyvae_regularizer(mu.float(), L.float(), zs.float(), self.nu, self.prior_cov, impl=self.impl)
+        reg = chyvae_regularizer(mu.float(), L.float(), zs.float(), self.nu, self._prior_arg(), impl=self.impl)
         return {
             "loss": (recon - reg).mean(),
             "recon": recon.mean(),
@@ -195,3 +256,9 @@ class CHyVAE(_Base):
             "neg_elbo": (recon - reg).mean(),
             "z": z,
         }
+
+
+def _rederive_prior(module: CHyVAE, incompatible_keys) -> None:
+    """After load_state_dict: the precision and log-determinant of the prior_cov just loaded."""
+    if isinstance(module.prior_cov, torch.Tensor):
+        module.set_prior_cov(module.prior_cov)
