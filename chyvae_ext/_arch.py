@@ -23,7 +23,9 @@ def parse_arch_list(archs: str) -> list[tuple[int, int, str, bool]]:
             continue
         m = _ENTRY.match(entry)
         if m is None:
-            raise ValueError(f"CUDA architecture list {archs!r}: cannot read entry {entry!r} (expected e.g. 9.0, 9.0a or 9.0+PTX)")
+            raise ValueError(
+                f"CUDA architecture list {archs!r}: cannot read entry {entry!r} (expected e.g. 9.0, 9.0a or 9.0+PTX)"
+            )
         out.append((int(m.group(1)), int(m.group(2)), m.group(3), m.group(4) is not None))
     return out
 

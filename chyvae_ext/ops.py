@@ -6,7 +6,7 @@ import warnings
 
 import torch
 
-from . import _arch, _C, _build_config
+from . import _C, _arch, _build_config
 from ._validate import check_impl, check_regularizer_inputs
 from .reference import regularizer_from_checked
 

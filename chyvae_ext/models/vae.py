@@ -18,6 +18,8 @@ from .._validate import PriorCov
 from ..ops import chyvae_regularizer
 from .networks import Decoder, Encoder, reconstruction_error
 
+Noise = tuple[torch.Tensor, ...]
+
 
 def _check_positive(name: str, value: object, *, minimum: float = 0.0, integer: bool = False) -> None:
     kind = int if integer else numbers.Real
@@ -88,7 +90,7 @@ class BetaVAE(_Base):
         return self.posterior(x)[0]
 
     def loss(
-        self, x: torch.Tensor, *, generator: torch.Generator | None = None, noise: tuple[torch.Tensor, ...] | None = None
+        self, x: torch.Tensor, *, generator: torch.Generator | None = None, noise: Noise | None = None
     ) -> dict[str, torch.Tensor]:
         self.check_input(x)
         mu, logvar = self.posterior(x)
@@ -135,7 +137,7 @@ class FactorVAE(BetaVAE):
         self.discriminator = nn.Sequential(*layers, nn.Linear(d_in, 2))
 
     def loss(
-        self, x: torch.Tensor, *, generator: torch.Generator | None = None, noise: tuple[torch.Tensor, ...] | None = None
+        self, x: torch.Tensor, *, generator: torch.Generator | None = None, noise: Noise | None = None
     ) -> dict[str, torch.Tensor]:
         out = super().loss(x, generator=generator, noise=noise)
         logits = self.discriminator(out["z"])
@@ -240,7 +242,7 @@ class CHyVAE(_Base):
         return [(n, self.latent_dim, 1), (n, self.num_samples, self.latent_dim, 1)]
 
     def loss(
-        self, x: torch.Tensor, *, generator: torch.Generator | None = None, noise: tuple[torch.Tensor, ...] | None = None
+        self, x: torch.Tensor, *, generator: torch.Generator | None = None, noise: Noise | None = None
     ) -> dict[str, torch.Tensor]:
         self.check_input(x)
         mu, L = self.posterior(x)
