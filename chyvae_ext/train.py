@@ -69,6 +69,7 @@ class TrainConfig:
     metric_protocol: str = "chyvae"
     ckpt_every: int = 500
     keep_checkpoints: int = 3
+    compile: bool = False  # the training step under torch.compile (CUDA graphs on a GPU)
 
     def resolved(self) -> TrainConfig:
         c = dataclasses.replace(self)
@@ -243,27 +244,102 @@ class StopRequested:
             signal.signal(sig, old)
 
 
-def make_step(model, opt, opt_d, batches, noise_gen, *, bf16: bool):
+def whole_step_compiles() -> bool:
+    """Whether this torch can compile forward, backward and optimiser update as one graph
+    (torch._dynamo.config.trace_autograd_ops, torch >= 2.12)."""
+    return hasattr(torch._dynamo.config, "trace_autograd_ops")
+
+
+def adam_update(params: list[torch.Tensor], grads, opt: torch.optim.Adam) -> None:
+    """torch.optim.Adam's update (no weight decay, amsgrad or maximize) on opt's own state, written
+    out so that it compiles into the same graph as the forward and backward (Adam.step always
+    breaks a compiled graph). The state must exist (one eager opt.step() creates it)."""
+    group = opt.param_groups[0]
+    if group["weight_decay"] or group["amsgrad"] or group["maximize"]:
+        raise ValueError("adam_update: only plain Adam (no weight decay, amsgrad or maximize) is written out here")
+    beta1, beta2 = group["betas"]
+    lr, eps = group["lr"], group["eps"]
+    with torch.no_grad():
+        for p, g in zip(params, grads, strict=True):
+            state = opt.state[p]
+            state["step"] += 1
+            step = state["step"].to(torch.float64)  # 1 - beta2^t loses digits in float32
+            state["exp_avg"].lerp_(g, 1 - beta1)
+            state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            bias2_sqrt = (1 - beta2**step).sqrt().to(p.dtype)
+            step_size = (lr / (1 - beta1**step)).to(p.dtype)
+            denom = (state["exp_avg_sq"].sqrt() / bias2_sqrt).add_(eps)
+            p.sub_(step_size * state["exp_avg"] / denom)
+
+
+def make_step(model, opt, opt_d, batches, noise_gen, *, bf16: bool, compile: str | None = None):
     """One optimisation step (two for FactorVAE: the VAE, then its discriminator) as a closure.
 
     Returns the step's loss terms as tensors; nothing here waits for the device.
+
+    compile: None (eager) or a torch.compile backend ("inductor"; "aot_eager" checks graph capture
+    without generating code). Compiled, the noise is drawn outside the graph (model.sample_noise,
+    same draws in the same order); for CHyVAE and beta-VAE the forward, backward and Adam update
+    are one graph (fullgraph=True) where this torch can trace autograd (whole_step_compiles()),
+    after one eager step that creates the optimiser's state; otherwise, and for FactorVAE, the
+    loss is compiled (fullgraph=True, its backward through AOTAutograd) and the optimiser runs
+    eagerly. On CUDA with inductor the graphs run as CUDA graphs (mode="reduce-overhead").
     """
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    options = {"mode": "reduce-overhead"} if compile == "inductor" and device.type == "cuda" else {}
+    cudagraphs = bool(options)
+
+    def next_batch():
+        x = next(batches)
+        return x.contiguous(memory_format=torch.channels_last) if bf16 else x
+
+    def loss_fn(x, noise):
+        with autocast:
+            return model.loss(x, noise=noise)
+
+    if compile is not None and opt_d is None and whole_step_compiles():
+        torch._dynamo.config.trace_autograd_ops = True
+        params = [p for group in opt.param_groups for p in group["params"]]
+
+        def whole(x, noise):
+            out = loss_fn(x, noise)
+            adam_update(params, torch.autograd.grad(out["loss"], params), opt)
+            return {k: v.detach() for k, v in out.items()}
+
+        compiled = torch.compile(whole, fullgraph=True, backend=compile, **options)
+
+        def step() -> dict:
+            x = next_batch()
+            noise = model.sample_noise(len(x), device, noise_gen)
+            if not opt.state:  # the first step eagerly: it creates Adam's state
+                out = loss_fn(x, noise)
+                opt.zero_grad(set_to_none=True)
+                out["loss"].backward()
+                opt.step()
+                return out
+            if cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            return compiled(x, noise)
+
+        return step
+
+    loss = loss_fn if compile is None else torch.compile(loss_fn, fullgraph=True, backend=compile, **options)
 
     def step() -> dict:
-        x = next(batches)
-        if bf16:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            out = model.loss(x, generator=noise_gen)
+        x = next_batch()
+        noise = model.sample_noise(len(x), device, noise_gen)
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = loss(x, noise)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
         if opt_d is not None:
-            x2 = next(batches)
-            with torch.no_grad(), autocast:
-                z2 = model.loss(x2, generator=noise_gen)["z"]
+            x2 = next_batch()
+            noise2 = model.sample_noise(len(x2), device, noise_gen)
+            with torch.no_grad():
+                z2 = loss(x2, noise2)["z"]
             d_loss = model.discriminator_loss(out["z"].float(), z2.float(), generator=noise_gen)
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
@@ -298,7 +374,9 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> dict:
     if c.precision == "bf16":
         model = model.to(memory_format=torch.channels_last)
     vae_params = [p for n, p in model.named_parameters() if not n.startswith("discriminator.")]
-    opt = torch.optim.Adam(vae_params, lr=c.lr, betas=(0.9, 0.999))
+    # capturable: the step counts live on the GPU, so a compiled step runs as one CUDA graph.
+    capturable = c.compile and device.type == "cuda"
+    opt = torch.optim.Adam(vae_params, lr=c.lr, betas=(0.9, 0.999), capturable=capturable)
     opt_d = (
         torch.optim.Adam(model.discriminator.parameters(), lr=1e-4, betas=(0.5, 0.9))
         if c.model == "factorvae"
@@ -375,7 +453,9 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> dict:
         save_model_pictures(model, fixed, run.root, bf16=c.precision == "bf16")
         save_curves(run.root / "metrics.jsonl", run.root / "curves.png")
 
-    one_step = make_step(model, opt, opt_d, batches, noise_gen, bf16=c.precision == "bf16")
+    one_step = make_step(
+        model, opt, opt_d, batches, noise_gen, bf16=c.precision == "bf16", compile="inductor" if c.compile else None
+    )
     status = {"state": "running", "step": step}
     run.write_json("status.json", status)
     bar = _progress(c.steps, step)
@@ -494,6 +574,12 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, Path | None]:
         f"(default {d.metrics}; only on datasets with ground-truth factors)",
     )
     parser.add_argument("--metric-protocol", dest="metric_protocol", choices=tuple(PROTOCOLS))
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="run the training step under torch.compile (CUDA graphs on a GPU); the first steps compile",
+    )
     args = vars(parser.parse_args(argv))
     config_file, resume = args.pop("config"), args.pop("resume")
     values: dict = {}
