@@ -64,8 +64,8 @@ def test_bad_nu(good, impl, nu, error, match):
     (0.0, ValueError, r"prior_cov as a number must be positive and finite, got 0.0"),
     (-2, ValueError, r"prior_cov as a number must be positive and finite, got -2.0"),
     (float("inf"), ValueError, r"prior_cov as a number must be positive and finite, got inf"),
-    (True, TypeError, r"prior_cov must be None, a positive float or a \(d, d\) tensor, got bool"),
-    ("eye", TypeError, r"prior_cov must be None, a positive float or a \(d, d\) tensor, got str"),
+    (True, TypeError, r"prior_cov must be None, a positive float, a \(d, d\) tensor or a PriorCov, got bool"),
+    ("eye", TypeError, r"prior_cov must be None, a positive float, a \(d, d\) tensor or a PriorCov, got str"),
     (torch.eye(3, dtype=torch.int64), TypeError, r"prior_cov must be a floating-point tensor, got dtype torch.int64"),
     (torch.eye(4, dtype=torch.float64), ValueError, r"prior_cov must have shape \(3, 3\), got \(4, 4\)"),
     (torch.eye(3, dtype=torch.float64, device="meta"), ValueError, r"prior_cov must be on cpu like mu, got meta"),
@@ -94,9 +94,35 @@ def test_fused_without_a_kernel_for_the_device():
 
 def test_float32_prior_cov_within_rounding_of_symmetric_is_accepted(good):
     b = torch.randn(3, 3, generator=torch.Generator().manual_seed(0))
-    cov = b @ b.T + torch.eye(3)
-    out = chyvae_regularizer(*good, 5.0, cov.double())
-    assert torch.isfinite(out).all()
+    cov = b @ b.T + torch.eye(3)  # float32
+    nudged = cov.clone()
+    nudged[0, 1] = torch.nextafter(cov[0, 1], torch.tensor(float("inf")))  # one ulp off symmetric
+    assert not torch.equal(nudged, nudged.T)
+    out = chyvae_regularizer(*good, 5.0, nudged)
+    exact = chyvae_regularizer(*good, 5.0, cov.double())
+    assert torch.allclose(out, exact, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize(("cov", "error", "match"), [
+    (torch.eye(3, dtype=torch.float64)[:2], ValueError, r"prior_cov must have shape \(d, d\), got \(2, 3\)"),
+    ([[1.0]], TypeError, r"prior_cov must be None, a positive float, a \(d, d\) tensor or a PriorCov, got list"),
+    (torch.diag(torch.tensor([1.0, -1.0])), ValueError, r"Cholesky factorisation fails at leading minor 2"),
+])
+def test_bad_prior_cov_object(cov, error, match):
+    from chyvae_ext import PriorCov
+
+    with pytest.raises(error, match=match):
+        PriorCov(cov)
+
+
+def test_prior_cov_object_of_the_wrong_size_or_device(good):
+    from chyvae_ext import PriorCov
+
+    with pytest.raises(ValueError, match=r"prior_cov must have shape \(3, 3\), got \(2, 2\)"):
+        chyvae_regularizer(*good, 5.0, PriorCov(torch.eye(2, dtype=torch.float64)))
+    meta = PriorCov.trusted(torch.eye(3, device="meta"), torch.eye(3, device="meta"), 0.0)
+    with pytest.raises(ValueError, match=r"prior_cov must be on cpu like mu, got meta"):
+        chyvae_regularizer(*good, 5.0, meta)
 
 
 # The compiled ops check again for callers that bypass the Python API (TORCH_CHECK_VALUE -> ValueError).
@@ -116,7 +142,9 @@ def op_args(**override):
     ({"z": torch.zeros(4, 2, 3)}, r"mu, L and z must share a dtype"),
     ({"mu": torch.zeros(4, 3, dtype=torch.float16)}, r"mu must be float32 or float64"),
     ({"nu": torch.tensor(2.0, dtype=torch.float64)}, r"nu must be finite and > d - 1 = 2, got 2"),
-    ({"nu": torch.tensor([5.0])}, r"nu must be a 0-d floating CPU tensor"),
+    ({"nu": torch.tensor([5.0])}, r"nu must be a 0-d float32 or float64 tensor on cpu like mu, got shape \[1\]"),
+    ({"nu": torch.tensor(5.0, dtype=torch.float16)}, r"nu must be a 0-d float32 or float64 tensor on cpu .* dtype Half"),
+    ({"prior_prec": torch.eye(3, dtype=torch.float64), "prior_logdet": float("nan")}, r"prior_logdet must be finite, got nan"),
     ({"prior_prec": torch.eye(2, dtype=torch.float64)}, r"prior_prec must have shape \(3, 3\)"),
     ({"prior_scale": -1.0}, r"prior_scale must be positive and finite, got -1"),
 ])

@@ -136,8 +136,8 @@ def test_non_finite_loss_stops_the_run(tmp_path, monkeypatch, capsys):
 
     real = BetaVAE.loss
 
-    def poisoned(self, x, *, generator=None):
-        out = real(self, x, generator=generator)
+    def poisoned(self, x, *, generator=None, noise=None):
+        out = real(self, x, generator=generator, noise=noise)
         if self.training and getattr(self, "calls", 0) >= 6:
             out["kl"] = out["kl"] * float("nan")
             out["loss"] = out["loss"] + out["kl"]
