@@ -317,6 +317,11 @@ def make_step(model, opt, opt_d, batches, noise_gen, *, bf16: bool, compile: str
                 opt.zero_grad(set_to_none=True)
                 out["loss"].backward()
                 opt.step()
+                if cudagraphs:  # the state is updated in place: CUDA graphs may keep its addresses
+                    for state in opt.state.values():
+                        for t in state.values():
+                            if torch.is_tensor(t):
+                                torch._dynamo.mark_static_address(t)
                 return out
             if cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()

@@ -32,12 +32,73 @@ def test_compat_accepts_a_matching_build():
 @pytest.mark.parametrize(("args", "match"), [
     (("2.13.0", False, None, "2.14.1", "13.0"), r"built against torch 2.13.0, but torch 2.14.1 is installed"),
     (("2.11.0", True, "13.0.88", "2.11.0+cpu", None), r"built with CUDA 13.0.88 kernels, but the installed torch 2.11.0\+cpu is a CPU build"),
-    (("2.11.0", True, "12.8.93", "2.11.0+cu130", "13.0"), r"built with CUDA 12.8.93, but torch 2.11.0\+cu130 uses CUDA 13.0"),
+    (("2.11.0", True, "12.8.93", "2.11.0+cu130", "13.0"), r"built with CUDA 12.8.93, but torch 2.11.0\+cu130 uses CUDA 13.0: the major versions differ"),
 ])
 def test_compat_refuses_a_mismatched_build_and_says_how_to_rebuild(args, match):
     with pytest.raises(ImportError, match=match) as info:
         check_build_compat(*args)
     assert "pip install --no-build-isolation" in str(info.value)
+
+
+def test_compat_warns_on_a_cuda_minor_version_mismatch():
+    with pytest.warns(RuntimeWarning, match=r"built with CUDA 13.0.88 and torch 2.11.0\+cu131 uses CUDA 13.1: the minor"):
+        check_build_compat("2.11.0", True, "13.0.88", "2.11.0+cu131", "13.1")
+
+
+@pytest.mark.parametrize(("archs", "capability", "runs"), [
+    ("8.0;9.0;10.0+PTX", (8, 0), True), ("8.0;9.0;10.0+PTX", (8, 6), True),  # sm_80 code runs on 8.x
+    ("8.0;9.0;10.0+PTX", (9, 0), True), ("8.0;9.0;10.0+PTX", (10, 0), True),
+    ("8.0;9.0;10.0+PTX", (12, 0), True),  # PTX of 10.0, compiled by the driver
+    ("8.0;9.0;10.0+PTX", (7, 5), False),  # older than every target
+    ("9.0", (8, 0), False), ("9.0", (10, 0), False),  # machine code only: same major version
+    ("9.0a", (9, 0), True), ("9.0a", (9, 1), False),  # arch-specific code: that capability only
+    ("8.0 9.0+PTX", (10, 0), True), ("8.0,9.0", (9, 0), True), ("", (9, 0), False),
+])
+def test_arch_list_runs_on(archs, capability, runs):
+    from chyvae_ext._arch import runs_on
+
+    assert runs_on(archs, capability) is runs
+
+
+@pytest.mark.parametrize("bad", ["9", "sm_90", "9.0+ptx", "9.0b"])
+def test_arch_list_bad_entry_is_named(bad):
+    from chyvae_ext._arch import parse_arch_list
+
+    with pytest.raises(ValueError, match=f"cannot read entry '{re.escape(bad)}'"):
+        parse_arch_list(f"8.0;{bad}")
+
+
+@pytest.mark.parametrize(("archs", "capability", "available"), [
+    ("8.0;9.0;10.0+PTX", (9, 0), True), ("9.0", (8, 0), False), ("9.0a", (10, 0), False), ("8.0;9.0+PTX", (12, 0), True),
+])
+def test_fused_available_follows_the_built_archs(monkeypatch, archs, capability, available):
+    import warnings
+
+    from chyvae_ext import ops
+
+    allowed = []
+
+    class FakeC:
+        allow_cuda_device = staticmethod(allowed.append)
+
+    monkeypatch.setattr(_build_config, "WITH_CUDA", True)
+    monkeypatch.setattr(_build_config, "CUDA_ARCHS", archs)
+    monkeypatch.setattr(ops, "_C", FakeC)
+    monkeypatch.setattr(ops, "_SUPPORTED", {})
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert chyvae_ext.fused_available("cuda") is available
+        assert chyvae_ext.fused_available(torch.device("cuda", 1)) is available  # remembered: one warning
+    assert allowed == ([1] if available else [])  # the C++ entry runs only where the kernels can
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    if available:
+        assert messages == []
+    else:
+        assert len(messages) == 1
+        assert f"built for {archs}, which cannot run on cuda:1 (compute capability {capability[0]}.{capability[1]})" in messages[0]
+        assert "impl='auto' uses the pure-PyTorch reference" in messages[0]
 
 
 def test_fused_available():
