@@ -38,7 +38,7 @@ def setup(cfg: dict, batch_size: int, device: str, images: torch.Tensor):
     ).resolved()
     torch.manual_seed(0)
     model = build_model(c, images.shape[1]).to(device)
-    if c.precision == "bf16":
+    if c.precision == "bf16" and not cfg["compile"]:  # as train.py: compiled, Inductor picks layouts
         model = model.to(memory_format=torch.channels_last)
     vae = [p for n, p in model.named_parameters() if not n.startswith("discriminator.")]
     capturable = cfg["compile"] and device.startswith("cuda")

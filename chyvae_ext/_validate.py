@@ -19,7 +19,7 @@ class RegularizerInputs:
     mu: torch.Tensor  # (N, d)
     L: torch.Tensor  # (N, d, d)
     z: torch.Tensor  # (N, d) or (N, K, d)
-    nu: torch.Tensor  # 0-d float32/float64 on the inputs' device, differentiable when the user's nu is
+    nu: torch.Tensor  # 0-d float32/float64 on the CPU or the inputs' device, differentiable when the user's nu is
     prior_cov: torch.Tensor | None  # (d, d) in the compute dtype, or None for prior_scale * I
     prior_scale: float
     prior_prec: torch.Tensor | None  # Sigma0^-1, float64 (d, d), on the inputs' device
@@ -82,10 +82,9 @@ def _check_tensor(name: str, value: object) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _nu_tensor(value: float, device: torch.device) -> torch.Tensor:
+def _nu_tensor(value: float) -> torch.Tensor:
     # Creating a 0-d tensor costs more than the fused kernels at small batches; nu is read-only.
-    # On a GPU this is one copy from the host the first time a value is seen, none after.
-    return torch.tensor(value, dtype=torch.float64, device=device)
+    return torch.tensor(value, dtype=torch.float64)
 
 
 def _check_nu_value(value: float, d: int) -> None:
@@ -94,11 +93,15 @@ def _check_nu_value(value: float, d: int) -> None:
 
 
 def _check_nu(nu: object, d: int, device: torch.device) -> torch.Tensor:
-    """nu as a 0-d float32/float64 tensor on ``device`` (differentiable when nu is).
+    """nu as a 0-d float32/float64 tensor on the CPU or on ``device`` (differentiable when nu is).
 
-    A number or a CPU tensor is checked (> d - 1) here. A tensor already on a GPU is not: reading
-    its value would make the host wait for the device; the kernels read it in device memory, and a
-    value that is not finite and > d - 1 makes R and its gradients NaN.
+    A number becomes a CPU tensor (a fixed value: the CUDA op reads it on the host, as torch's ops
+    read a 0-d CPU tensor given with CUDA tensors), except while compiling, where it is made on
+    ``device`` inside the graph (a CPU tensor would keep Inductor's CUDA graphs off). A CPU tensor
+    stays on the CPU; a tensor on another device moves to ``device``. A number or a CPU tensor is
+    checked (> d - 1) here. A tensor already on a GPU is not: reading its value would make the host
+    wait for the device; the kernels read it in device memory, and a value that is not finite and
+    > d - 1 makes R and its gradients NaN.
     """
     if type(nu) is float:  # the common case first: the ABC check of numbers.Real costs ~1 us
         value = nu
@@ -113,13 +116,13 @@ def _check_nu(nu: object, d: int, device: torch.device) -> torch.Tensor:
             _check_nu_value(float(nu.detach()), d)
         if nu.dtype not in (torch.float32, torch.float64):
             nu = nu.to(torch.float32)
-        return nu if nu.device == device else nu.to(device)
+        return nu if nu.device == device or nu.device.type == "cpu" else nu.to(device)
     else:
         value = float(nu)
     _check_nu_value(value, d)
     if torch.compiler.is_compiling():
         return torch.tensor(value, dtype=torch.float64, device=device)
-    return _nu_tensor(value, device)
+    return _nu_tensor(value)
 
 
 def _validate_cov_tensor(prior_cov: object, d: int | None):

@@ -34,7 +34,12 @@ def regularizer_from_checked(inp: RegularizerInputs, constants: bool) -> torch.T
     z = inp.z if inp.z.dim() == 3 else inp.z.unsqueeze(1)
     n, k, d = z.shape
     L = torch.tril(inp.L)
-    nu = inp.nu.to(device=mu.device, dtype=mu.dtype)
+    if inp.nu.device == mu.device:
+        nu = inp.nu.to(mu.dtype)
+    elif inp.nu.requires_grad:
+        nu = inp.nu.to(device=mu.device, dtype=mu.dtype)  # a copy to the device, differentiable
+    else:  # a fixed CPU nu: filled on the device (a copy from the host could not be graph-captured)
+        nu = torch.full((), float(inp.nu), dtype=mu.dtype, device=mu.device)
     if inp.prior_cov is None:
         sigma0 = inp.prior_scale * torch.eye(d, dtype=mu.dtype, device=mu.device)
         logdet_sigma0 = d * math.log(inp.prior_scale)

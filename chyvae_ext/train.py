@@ -292,7 +292,9 @@ def make_step(model, opt, opt_d, batches, noise_gen, *, bf16: bool, compile: str
 
     def next_batch():
         x = next(batches)
-        return x.contiguous(memory_format=torch.channels_last) if bf16 else x
+        # channels_last helps eager bf16 convolutions; compiled, Inductor chooses the layouts itself
+        # (and torch 2.11's Inductor mis-strided a channels_last convolution backward in a CUDA graph).
+        return x.contiguous(memory_format=torch.channels_last) if bf16 and compile is None else x
 
     def loss_fn(x, noise):
         with autocast:
@@ -376,7 +378,7 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> dict:
     device = torch.device(c.device)
     torch.manual_seed(c.seed)
     model = build_model(c, dataset.channels).to(device)
-    if c.precision == "bf16":
+    if c.precision == "bf16" and not c.compile:
         model = model.to(memory_format=torch.channels_last)
     vae_params = [p for n, p in model.named_parameters() if not n.startswith("discriminator.")]
     # capturable: the step counts live on the GPU, so a compiled step runs as one CUDA graph.

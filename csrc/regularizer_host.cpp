@@ -55,8 +55,8 @@ PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, cons
                     "chyvae_ext: mu, L and z must be on one device, got ", mu.device(), ", ",
                     L.device(), ", ", z.device());
   TORCH_CHECK_VALUE(nu.dim() == 0 && (nu.scalar_type() == at::kFloat || nu.scalar_type() == at::kDouble) &&
-                        nu.device() == mu.device(),
-                    "chyvae_ext: nu must be a 0-d float32 or float64 tensor on ", mu.device(),
+                        (nu.device() == mu.device() || nu.device().is_cpu()),
+                    "chyvae_ext: nu must be a 0-d float32 or float64 tensor on the CPU or on ", mu.device(),
                     " like mu, got shape ", nu.sizes(), " dtype ", nu.scalar_type(), " on ", nu.device());
   const int64_t k = z.dim() == 3 ? z.size(1) : 1;
   TORCH_CHECK_VALUE(d <= 4096 && k <= 4096, "chyvae_ext: d and K must be at most 4096, got d = ", d,
@@ -87,7 +87,8 @@ PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, cons
   }
   out.nu_f = nu.scalar_type() == at::kFloat ? nu.const_data_ptr<float>() : nullptr;
   out.nu_d = nu.scalar_type() == at::kDouble ? nu.const_data_ptr<double>() : nullptr;
-  if (mu.device().is_cpu()) {
+  out.params_on_host = nu.device().is_cpu();
+  if (out.params_on_host) {
     // Read in place: item() is a dispatcher call, ~1 us on the CI machine.
     const double nu_v = out.nu_d != nullptr ? *out.nu_d : static_cast<double>(*out.nu_f);
     TORCH_CHECK_VALUE(std::isfinite(nu_v) && nu_v > static_cast<double>(d - 1),

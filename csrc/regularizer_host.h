@@ -11,15 +11,18 @@ namespace chyvae_ext {
 
 struct PreparedCall {
   RegConfig config;
-  RegParams params;     // from nu on the host: CPU inputs only (CUDA kernels compute them from nu)
+  RegParams params;     // from nu on the host when nu is on the CPU (params_on_host), else for the kernels to compute
+  bool params_on_host;  // nu is a CPU tensor: read here; otherwise nu is in the inputs' device memory
   at::Tensor prec;      // Prec0 = Sigma0^-1, float64 contiguous (d, d) on the inputs' device; undefined if isotropic
   const float* nu_f;    // nu in its own memory (the inputs' device): one of these is set
   const double* nu_d;
 };
 
-// Checks shapes, dtypes and devices (kernels assume what this checks) and, for CPU inputs, computes
-// the scalars. nu: 0-d float32/float64 tensor on the inputs' device (read there: on CUDA nothing
-// waits for the host). prior_prec: Sigma0^-1 (d, d), or nullopt for Sigma0 = prior_scale * I.
+// Checks shapes, dtypes and devices (kernels assume what this checks) and, when nu is on the CPU,
+// computes the scalars. nu: 0-d float32/float64 tensor on the CPU (any inputs: read on the host, as
+// torch's ops read a 0-d CPU tensor given with CUDA tensors, so a captured graph keeps its value) or
+// on the inputs' device (read there by the kernels: nothing waits for the host, and a captured CUDA
+// graph reads the current value). prior_prec: Sigma0^-1 (d, d), or nullopt for Sigma0 = prior_scale * I.
 // prior_logdet: log|Sigma0| (ignored when isotropic). The forward needs c, the backward dc/dnu:
 // `backward` says which, so each pass evaluates only its special functions.
 PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z,

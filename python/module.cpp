@@ -7,8 +7,7 @@
 
 #include <cmath>
 #include <string>
-#include <map>
-#include <utility>
+#include <unordered_map>
 #include <vector>
 
 #include "../csrc/regularizer_host.h"
@@ -49,18 +48,15 @@ const at::Tensor* fast_tensor(py::handle obj) {
   return &t;
 }
 
-// nu as the 0-d float64 tensor the op takes, on the inputs' device, one per value and device: making
-// a tensor costs about as much as the fused kernels at B = 64 (and on a GPU, a copy from the host).
+// nu as the 0-d float64 CPU tensor the op takes (with CUDA inputs too: the CUDA op reads a CPU nu
+// on the host), one per value: making a tensor costs about as much as the fused kernels at B = 64.
 // The op only reads it. Called with the GIL held.
-const at::Tensor& nu_tensor(double value, const at::Device& device) {
-  static std::map<std::pair<double, std::pair<int, int>>, at::Tensor> cache;
-  const auto key = std::make_pair(value, std::make_pair(static_cast<int>(device.type()), static_cast<int>(device.index())));
-  auto it = cache.find(key);
+const at::Tensor& nu_tensor(double value) {
+  static std::unordered_map<double, at::Tensor> cache;
+  auto it = cache.find(value);
   if (it != cache.end()) return it->second;
   if (cache.size() >= 64) cache.clear();
-  at::Tensor t = at::scalar_tensor(value, at::TensorOptions().dtype(at::kDouble));
-  if (!device.is_cpu()) t = t.to(device);
-  return cache.emplace(key, std::move(t)).first->second;
+  return cache.emplace(value, at::scalar_tensor(value, at::TensorOptions().dtype(at::kDouble))).first->second;
 }
 
 // chyvae_regularizer for the common eager call, checked here instead of in Python (the Python
@@ -98,7 +94,7 @@ py::object regularizer_fast(py::handle mu_o, py::handle L_o, py::handle z_o, py:
   if (!z_ok) return none;
   const double nu = PyFloat_AS_DOUBLE(nu_o.ptr());
   if (!(std::isfinite(nu) && nu > static_cast<double>(d - 1))) return none;
-  const at::Tensor nu_t = nu_tensor(nu, mu->device());  // our own reference: the cache may change without the GIL
+  const at::Tensor nu_t = nu_tensor(nu);  // our own reference: the cache may change without the GIL
   const bool constants = constants_o.ptr() == Py_True;
   at::Tensor out;
   {

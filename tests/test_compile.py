@@ -100,8 +100,8 @@ class HostReads(TorchDispatchMode):
         name = str(func)
         self.ops.append(name)
         tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.reads.append(name)
+        if func is torch.ops.aten._local_scalar_dense.default and tensors[0].device.type != "cpu":
+            self.reads.append(name)  # (a CPU scalar, such as a fixed nu, is read without waiting)
         elif name.startswith("aten._to_copy") and torch.device(kwargs.get("device") or tensors[0].device).type == "cpu" \
                 and tensors[0].device.type != "cpu":
             self.reads.append(name)
@@ -130,7 +130,6 @@ def test_gpu_step_reads_nothing_back_to_the_host(name, impl, monkeypatch):
     with HostReads() as rec:
         out = model.loss(x, noise=noise)
         out["loss"].backward()
-    chyvae_ext._validate._nu_tensor.cache_clear()  # holds a meta tensor now
     assert rec.reads == [], rec.reads
     assert any(op.startswith("chyvae_ext.regularizer_backward") for op in rec.ops) == (impl == "fused")
     assert all(p.grad is not None and p.grad.is_meta for p in model.parameters())

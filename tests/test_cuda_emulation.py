@@ -8,7 +8,6 @@ two cores) from the same regularizer_launch.h glue the CUDA backend uses.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -79,25 +78,27 @@ def test_emulated_kernels_match_cpu_op(emu, d, k, prior, constants, dtype):
     out_cpu, saved_cpu = OPS.regularizer_forward(*args)
     grad = torch.randn(len(mu), dtype=dtype, generator=torch.Generator().manual_seed(1))
     g_cpu = OPS.regularizer_backward(grad, *args, saved_cpu)
-    for max_blocks in (64, 1):  # a grid of whole blocks, and one block striding over the batch
-        out, saved = emu.forward(*args, True, max_blocks)
+    # A grid of whole blocks and one block striding over the batch; the scalars computed in the
+    # kernels from nu (a GPU nu) and given by the host (a CPU nu).
+    for max_blocks, host in ((64, False), (1, False), (64, True)):
+        out, saved = emu.forward(*args, True, max_blocks, host)
         assert out.shape == out_cpu.shape and saved.shape == saved_cpu.shape
         assert rel(out, out_cpu) <= tol
         assert rel(saved, saved_cpu) <= tol
-        assert rel(emu.forward(*args, False, max_blocks)[0], out_cpu) <= tol  # no saved state
+        assert rel(emu.forward(*args, False, max_blocks, host)[0], out_cpu) <= tol  # no saved state
         for with_saved in (saved, None):  # the saved-state and the recomputing backward
-            got = emu.backward(grad, *args, with_saved, max_blocks)
+            got = emu.backward(grad, *args, with_saved, max_blocks, host)
             for name, a, b in zip(("mu", "L", "z", "nu"), got, g_cpu, strict=True):
                 assert torch.isfinite(a).all(), name
-                assert rel(a, b) <= tol, (name, max_blocks, with_saved is None)
+                assert rel(a, b) <= tol, (name, max_blocks, host, with_saved is None)
 
 
 def test_emulated_kernels_empty_batch(emu):
     mu, L, z, prec, scale, logdet = case(4, 1, "identity", torch.float64, n=0)
     nu = torch.tensor(8.0, dtype=torch.float64)
-    out, saved = emu.forward(mu, L, z, nu, None, 1.0, 0.0, True, True, 64)
+    out, saved = emu.forward(mu, L, z, nu, None, 1.0, 0.0, True, True, 64, False)
     assert out.shape == (0,) and saved.shape == (0, 10)
-    g = emu.backward(torch.zeros(0, dtype=torch.float64), mu, L, z, nu, None, 1.0, 0.0, True, saved, 64)
+    g = emu.backward(torch.zeros(0, dtype=torch.float64), mu, L, z, nu, None, 1.0, 0.0, True, saved, 64, False)
     assert [t.shape for t in g] == [(0, 4), (0, 4, 4), (0, 4), (0,)]
 
 
@@ -108,7 +109,7 @@ def test_emulated_kernels_batch_not_a_multiple_of_the_block(emu, n):
     nu = torch.tensor(200.0, dtype=torch.float64)
     args = (mu, L, z, nu, None, 1.0, 0.0, True)
     for max_blocks in (1, 2, 1000):
-        out, _ = emu.forward(*args, True, max_blocks)
+        out, _ = emu.forward(*args, True, max_blocks, False)
         assert rel(out, OPS.regularizer(*args)) <= 1e-12
 
 
@@ -120,14 +121,19 @@ def test_emulated_kernels_read_nu_in_float32_and_its_memory(emu):
         nu = torch.tensor(50.0, dtype=dtype)
         for value in (50.0, 12.25):
             nu.fill_(value)
-            out, _ = emu.forward(mu, L, z, nu, None, 1.0, 0.0, True, False, 4)
+            out, _ = emu.forward(mu, L, z, nu, None, 1.0, 0.0, True, False, 4, False)
             ref = OPS.regularizer(mu, L, z, torch.tensor(value, dtype=torch.float64), None, 1.0, 0.0, True)
             assert rel(out, ref) <= 1e-10
 
 
-def test_emulated_block_parameters_use_barriers(emu):
-    # Every block computes the call's scalars with a shared-memory reduction: log2(128) + 2 barriers.
+def test_emulated_block_parameters_use_barriers_only_for_a_device_nu(emu):
+    # From nu in device memory every block computes the call's scalars through shared memory (two
+    # barriers); with the host's scalars (a CPU nu) no block waits at all.
     mu, L, z, _, _, _ = case(32, 1, "identity", torch.float64, n=256)
+    nu = torch.tensor(40.0, dtype=torch.float64)
     before = emu.barriers()
-    emu.forward(mu, L, z, torch.tensor(40.0, dtype=torch.float64), None, 1.0, 0.0, True, False, 2)
-    assert emu.barriers() - before == 2 * (int(math.log2(128)) + 2)
+    emu.forward(mu, L, z, nu, None, 1.0, 0.0, True, False, 2, False)
+    assert emu.barriers() - before == 2 * 2
+    before = emu.barriers()
+    emu.forward(mu, L, z, nu, None, 1.0, 0.0, True, False, 2, True)
+    assert emu.barriers() == before

@@ -27,16 +27,23 @@ namespace cuda_kernels {
 
 constexpr int kThreads = 128;  // a power of two (the block reduction halves it)
 
-// nu in device memory, float32 or float64 (exactly one pointer is set).
+// nu: in device memory, float32 or float64 (one pointer set), or already turned into the call's
+// scalars on the host (host_params, when nu was a CPU tensor: a fixed value, as torch treats a 0-d
+// CPU tensor given with CUDA tensors).
 struct NuPtr {
   const float* f;
   const double* d;
+  bool on_host;
+  RegParams host_params;
   CHY_HD double read() const { return d != nullptr ? *d : static_cast<double>(*f); }
 };
 
-// The call's scalars, computed by the whole block: thread t sums the constant's terms t, t + 128,
-// ...; a shared-memory tree adds the partial sums; thread 0 finishes. Every thread must call it.
-__device__ inline RegParams block_params(const RegConfig& c, NuPtr nu, bool backward) {
+// The call's scalars. From the host's when nu was on the CPU (the same branch for the whole grid,
+// so no barrier is skipped by part of a block). Otherwise computed by the whole block from nu in
+// device memory: thread t computes the constant's terms t, t + 128, ...; thread 0 adds them and
+// finishes. Every thread must call it.
+__device__ inline RegParams block_params(const RegConfig& c, const NuPtr& nu, bool backward) {
+  if (nu.on_host) return nu.host_params;
   __shared__ double partial[kThreads];
   __shared__ RegParams shared_params;
   const double nu_v = nu.read();
@@ -45,11 +52,12 @@ __device__ inline RegParams block_params(const RegConfig& c, NuPtr nu, bool back
     for (int i = static_cast<int>(threadIdx.x); i < c.d; i += kThreads) t += reg_const_term(nu_v, c.K, i, backward);
   partial[threadIdx.x] = t;
   __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride /= 2) {
-    if (static_cast<int>(threadIdx.x) < stride) partial[threadIdx.x] += partial[threadIdx.x + stride];
-    __syncthreads();
+  if (threadIdx.x == 0) {  // d <= 128 in practice: at most one term a thread, a short serial sum
+    double sum = 0.0;
+    const int used = c.d < kThreads ? c.d : kThreads;
+    for (int i = 0; i < used; ++i) sum += partial[i];
+    shared_params = reg_params_finish(c, nu_v, sum, backward);
   }
-  if (threadIdx.x == 0) shared_params = reg_params_finish(c, nu_v, partial[0], backward);
   __syncthreads();
   return shared_params;
 }

@@ -15,7 +15,11 @@
 namespace chyvae_ext {
 namespace cuda_kernels {
 
-inline NuPtr nu_ptr(const PreparedCall& call) { return NuPtr{call.nu_f, call.nu_d}; }
+// host_params: whether a CPU nu's scalars, computed on the host, go to the kernels (the CUDA backend
+// always; the emulated test build chooses, to exercise the device-side computation too).
+inline NuPtr nu_ptr(const PreparedCall& call, bool host_params) {
+  return NuPtr{call.nu_f, call.nu_d, host_params && call.params_on_host, call.params};
+}
 
 // max_blocks(kernel): the blocks of kThreads threads the device keeps resident for that kernel
 // (the grid-stride loops cover any batch with them). after_launch(): run after each launch.
@@ -23,7 +27,8 @@ template <typename MaxBlocks, typename Stream, typename AfterLaunch>
 std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z,
                                                const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec,
                                                double prior_scale, double prior_logdet, bool constants, bool save,
-                                               MaxBlocks&& max_blocks, Stream stream, AfterLaunch&& after_launch) {
+                                               MaxBlocks&& max_blocks, Stream stream, AfterLaunch&& after_launch,
+                                               bool host_params = true) {
   ForwardCall f = begin_forward(mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants, save);
   const int64_t n = f.mu.size(0);
   if (n == 0) return {f.out, f.saved};
@@ -37,7 +42,7 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& mu, const at::T
       auto kernel = regularizer_forward_kernel<decltype(ds)::value, scalar_t>;
       const unsigned int grid = grid_for(n, max_blocks(reinterpret_cast<const void*>(kernel)));
       at::Tensor ws = at::empty({static_cast<int64_t>(grid) * kThreads * ws_size}, f.mu.options().dtype(at::kDouble));
-      CHY_LAUNCH(kernel, grid, stream, cfg, nu_ptr(f.call), n, f.mu.const_data_ptr<scalar_t>(),
+      CHY_LAUNCH(kernel, grid, stream, cfg, nu_ptr(f.call, host_params), n, f.mu.const_data_ptr<scalar_t>(),
                  f.L.const_data_ptr<scalar_t>(), f.z.const_data_ptr<scalar_t>(), prec,
                  ws.mutable_data_ptr<double>(), ws_size, saved_p, f.out.mutable_data_ptr<scalar_t>());
       after_launch();
@@ -50,7 +55,8 @@ template <typename MaxBlocks, typename Stream, typename AfterLaunch>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_backward(
     const at::Tensor& grad, const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z, const at::Tensor& nu,
     const std::optional<at::Tensor>& prior_prec, double prior_scale, double prior_logdet, bool constants,
-    const std::optional<at::Tensor>& saved, MaxBlocks&& max_blocks, Stream stream, AfterLaunch&& after_launch) {
+    const std::optional<at::Tensor>& saved, MaxBlocks&& max_blocks, Stream stream, AfterLaunch&& after_launch,
+    bool host_params = true) {
   BackwardCall b = begin_backward(grad, mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants, saved);
   const int64_t n = b.mu.size(0);
   if (n == 0) return {b.g_mu, b.g_l, b.g_z, b.g_nu};
@@ -63,7 +69,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_backward(
       auto kernel = regularizer_backward_kernel<decltype(ds)::value, scalar_t>;
       const unsigned int grid = grid_for(n, max_blocks(reinterpret_cast<const void*>(kernel)));
       at::Tensor ws = at::empty({static_cast<int64_t>(grid) * kThreads * ws_size}, b.mu.options().dtype(at::kDouble));
-      CHY_LAUNCH(kernel, grid, stream, cfg, nu_ptr(b.call), n, b.grad.const_data_ptr<scalar_t>(), b.grad.stride(0),
+      CHY_LAUNCH(kernel, grid, stream, cfg, nu_ptr(b.call, host_params), n, b.grad.const_data_ptr<scalar_t>(), b.grad.stride(0),
                  b.mu.const_data_ptr<scalar_t>(), b.L.const_data_ptr<scalar_t>(), b.z.const_data_ptr<scalar_t>(),
                  prec, b.saved, ws.mutable_data_ptr<double>(), ws_size, b.g_mu.mutable_data_ptr<scalar_t>(),
                  b.g_l.mutable_data_ptr<scalar_t>(), b.g_z.mutable_data_ptr<scalar_t>(),

@@ -1,7 +1,9 @@
 // The CUDA kernels compiled as host C++ (csrc/cuda/cuda_emulation.h) behind the same ATen glue as
 // the CUDA backend (csrc/cuda/regularizer_launch.h), on CPU tensors. Built by
 // tests/test_cuda_emulation.py with torch.utils.cpp_extension; max_blocks caps the grid as the
-// occupancy query does on a device, so that a test can make the grid smaller than the batch.
+// occupancy query does on a device, so that a test can make the grid smaller than the batch;
+// host_params says whether the kernels get the host's scalars (as on a GPU for a CPU nu) or compute
+// them from nu in "device" memory (as for a GPU nu).
 #include <torch/extension.h>
 
 #include "../../csrc/cuda/cuda_emulation.h"
@@ -13,10 +15,11 @@ using Opt = std::optional<at::Tensor>;
 
 std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z,
                                            const at::Tensor& nu, const Opt& prior_prec, double prior_scale,
-                                           double prior_logdet, bool constants, bool save, int64_t max_blocks) {
+                                           double prior_logdet, bool constants, bool save, int64_t max_blocks,
+                                           bool host_params) {
   return chyvae_ext::cuda_kernels::run_forward(
       mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants, save,
-      [max_blocks](const void*) { return max_blocks; }, cudaStream_t{}, [] {});
+      [max_blocks](const void*) { return max_blocks; }, cudaStream_t{}, [] {}, host_params);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(const at::Tensor& grad, const at::Tensor& mu,
@@ -24,10 +27,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> backward(const at::Te
                                                                     const at::Tensor& nu, const Opt& prior_prec,
                                                                     double prior_scale, double prior_logdet,
                                                                     bool constants, const Opt& saved,
-                                                                    int64_t max_blocks) {
+                                                                    int64_t max_blocks, bool host_params) {
   return chyvae_ext::cuda_kernels::run_backward(
       grad, mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants, saved,
-      [max_blocks](const void*) { return max_blocks; }, cudaStream_t{}, [] {});
+      [max_blocks](const void*) { return max_blocks; }, cudaStream_t{}, [] {}, host_params);
 }
 
 }  // namespace
