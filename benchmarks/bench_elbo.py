@@ -152,13 +152,15 @@ def machine_description(devices) -> dict:
 
 
 def print_table(rows) -> None:
-    header = f"{'device':6} {'dtype':8} {'B':>5} {'d':>3} {'fused us':>10} {'reference us':>13} {'speedup':>8}"
+    header = (f"{'device':6} {'layout':7} {'dtype':8} {'B':>5} {'d':>3} {'fused us':>10} {'reference us':>13} "
+              f"{'speedup':>8}")
     if any("fused_graph_us" in r for r in rows):
         header += f" {'graph us':>9}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        line = (f"{r['device']:6} {r['dtype']:8} {r['batch']:5d} {r['d']:3d} {r['fused_us']:10.1f} "
+        line = (f"{r['device']:6} {r.get('variant', 'auto'):7} {r['dtype']:8} {r['batch']:5d} {r['d']:3d} "
+                f"{r['fused_us']:10.1f} "
                 f"{r['reference_us']:13.1f} {r['speedup']:7.1f}x")
         if "fused_graph_us" in r:
             line += f" {r['fused_graph_us']:9.1f}"
@@ -176,6 +178,8 @@ def main(argv=None) -> int:
     parser.add_argument("--target-ms", type=float, default=20.0, help="time per repeat for each implementation")
     parser.add_argument("--quick", action="store_true", help="B in {64, 1024}, float32, 7 repeats")
     parser.add_argument("--json", metavar="PATH", help="write the rows and the machine description here")
+    parser.add_argument("--cuda-variants", nargs="+", choices=["auto", "thread", "warp"], default=["auto"],
+                        help="CUDA layouts of the K = 1 isotropic kernels to time: a thread or a warp per datapoint")
     args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.dtypes, args.repeats = [64, 1024], ["float32"], 7
@@ -191,13 +195,20 @@ def main(argv=None) -> int:
           + (f", {machine['gpu']}" if "gpu" in machine else ""))
     rows = []
     for device in devices:
-        for dtype_name in args.dtypes:
-            for d in args.dims:
-                for batch in args.batch:
-                    row = bench_one(batch, d, getattr(torch, dtype_name), device, args.repeats, args.target_ms / 1e3)
-                    rows.append(row)
-                    print(f"  {device} {dtype_name} B={batch} d={d}: fused {row['fused_us']:.1f} us, "
-                          f"reference {row['reference_us']:.1f} us", file=sys.stderr, flush=True)
+        for variant in args.cuda_variants if device == "cuda" else ["auto"]:
+            if device == "cuda":
+                chyvae_ext._C.set_cuda_kernel_variant(variant)
+            for dtype_name in args.dtypes:
+                for d in args.dims:
+                    for batch in args.batch:
+                        row = bench_one(batch, d, getattr(torch, dtype_name), device, args.repeats,
+                                        args.target_ms / 1e3)
+                        row["variant"] = variant
+                        rows.append(row)
+                        print(f"  {device} {variant} {dtype_name} B={batch} d={d}: fused {row['fused_us']:.1f} us, "
+                              f"reference {row['reference_us']:.1f} us", file=sys.stderr, flush=True)
+        if device == "cuda":
+            chyvae_ext._C.set_cuda_kernel_variant("auto")
     print_table(rows)
     if args.json:
         with open(args.json, "w") as f:

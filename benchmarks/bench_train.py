@@ -28,7 +28,7 @@ import torch
 
 import chyvae_ext
 from chyvae_ext.data import get_dataset
-from chyvae_ext.train import TrainConfig, build_model, fast_bf16, make_step
+from chyvae_ext.train import TrainConfig, adam_options, build_model, fast_bf16, make_step, whole_step_compiles
 
 
 def setup(cfg: dict, batch_size: int, device: str, images: torch.Tensor):
@@ -41,8 +41,7 @@ def setup(cfg: dict, batch_size: int, device: str, images: torch.Tensor):
     if c.precision == "bf16" and not cfg["compile"]:  # as train.py: compiled, Inductor picks layouts
         model = model.to(memory_format=torch.channels_last)
     vae = [p for n, p in model.named_parameters() if not n.startswith("discriminator.")]
-    capturable = cfg["compile"] and device.startswith("cuda")
-    opt = torch.optim.Adam(vae, lr=1e-4, capturable=capturable)
+    opt = torch.optim.Adam(vae, lr=1e-4, **adam_options(cfg["compile"], device))
     opt_d = (
         torch.optim.Adam(model.discriminator.parameters(), lr=1e-4, betas=(0.5, 0.9))
         if cfg["model"] == "factorvae"
@@ -133,8 +132,10 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda"):
         machine["gpu"] = torch.cuda.get_device_name()
     machine["chyvae_ext"] = chyvae_ext.build_info()
+    machine["whole_step_compiles"] = whole_step_compiles()
     print(f"batch {args.batch_size}, device {args.device} ({machine.get('gpu', machine['cpu'])}), "
-          f"{machine['threads']} threads, torch {machine['torch']}")
+          f"{machine['threads']} threads, torch {machine['torch']}, whole step in one graph: "
+          f"{machine['whole_step_compiles']}")
     print(f"{'configuration':40} {'ms/step':>8} {'steps/s':>8}")
     for k, t in med.items():
         print(f"{k:40} {t * 1e3:8.2f} {1 / t:8.1f}")

@@ -244,6 +244,12 @@ class StopRequested:
             signal.signal(sig, old)
 
 
+def adam_options(compile: bool, device: torch.device) -> dict:
+    """Adam's options for a step: compiled on a GPU, the fused kernel with its step counts on the
+    device (one launch an update where Adam runs eagerly, and nothing on the host for CUDA graphs)."""
+    return {"fused": True} if compile and torch.device(device).type == "cuda" else {}
+
+
 def whole_step_compiles() -> bool:
     """Whether this torch can compile forward, backward and optimiser update as one graph
     (torch._dynamo.config.trace_autograd_ops, torch >= 2.12)."""
@@ -381,9 +387,7 @@ def train(config: TrainConfig, *, resume: Path | None = None) -> dict:
     if c.precision == "bf16" and not c.compile:
         model = model.to(memory_format=torch.channels_last)
     vae_params = [p for n, p in model.named_parameters() if not n.startswith("discriminator.")]
-    # capturable: the step counts live on the GPU, so a compiled step runs as one CUDA graph.
-    capturable = c.compile and device.type == "cuda"
-    opt = torch.optim.Adam(vae_params, lr=c.lr, betas=(0.9, 0.999), capturable=capturable)
+    opt = torch.optim.Adam(vae_params, lr=c.lr, betas=(0.9, 0.999), **adam_options(c.compile, device))
     opt_d = (
         torch.optim.Adam(model.discriminator.parameters(), lr=1e-4, betas=(0.5, 0.9))
         if c.model == "factorvae"

@@ -58,6 +58,11 @@ BackwardCall begin_backward(const at::Tensor& grad, const at::Tensor& mu, const 
                             const at::Tensor& nu, const std::optional<at::Tensor>& prior_prec, double prior_scale,
                             double prior_logdet, bool constants, const std::optional<at::Tensor>& saved);
 
+// Which CUDA kernels run the K = 1 isotropic fast path: 0 auto (a warp per datapoint for
+// 16 < d <= 32), 1 a thread per datapoint, 2 a warp per datapoint (d <= 32). For measurements.
+// Defined by the CUDA backend only.
+void set_cuda_kernel_variant(int variant);
+
 // chyvae_ext::regularizer through the dispatcher from C++ (every dispatch key, as torch.ops would).
 at::Tensor call_regularizer(const at::Tensor& mu, const at::Tensor& L, const at::Tensor& z, const at::Tensor& nu,
                             const std::optional<at::Tensor>& prior_prec, double prior_scale, double prior_logdet,

@@ -598,11 +598,15 @@ CHY_HD double reg_iso1_trace(int d, double p_iso, const RegIso1Sums& r) {
   return p_iso * r.ss + p_iso * r.mm + d - q / r.a;
 }
 
+// R of one datapoint from its sums and sum_i log L_ii.
+CHY_HD double reg_iso1_value_from(const RegParams& p, int d, const RegIso1Sums& r, double sum_log_l) {
+  return -p.alpha * (p.log_det_psi + r.log_a) - p.beta * reg_iso1_trace(d, p.p_iso, r) + sum_log_l + p.constant;
+}
+
 // R of one datapoint from its sums.
 template <typename T>
 CHY_HD double reg_iso1_value(const RegParams& p, int d, const RegIso1Sums& r, const T* L) {
-  return -p.alpha * (p.log_det_psi + r.log_a) - p.beta * reg_iso1_trace(d, p.p_iso, r) + reg_sum_log_diag(d, L) +
-         p.constant;
+  return reg_iso1_value_from(p, d, r, reg_sum_log_diag(d, L));
 }
 
 // g * dR/dnu of one datapoint from its sums: explicit through alpha and beta, and through s when

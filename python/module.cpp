@@ -129,6 +129,20 @@ PYBIND11_MODULE(_C, m) {
       },
       "lets the C++ entry run on this CUDA device (chyvae_ext.fused_available found the kernels can run there)",
       py::arg("index"));
+  m.def(
+      "set_cuda_kernel_variant",
+      [](const std::string& name) {
+        const int v = name == "auto" ? 0 : name == "thread" ? 1 : name == "warp" ? 2 : -1;
+        TORCH_CHECK_VALUE(v >= 0, "chyvae_ext: variant must be 'auto', 'thread' or 'warp', got '", name, "'");
+#ifdef CHYVAE_EXT_WITH_CUDA
+        chyvae_ext::set_cuda_kernel_variant(v);
+#else
+        TORCH_CHECK_VALUE(v == 0, "chyvae_ext: built without CUDA kernels: only 'auto' can be set");
+#endif
+      },
+      "which CUDA kernels run the K = 1 isotropic path: 'auto', 'thread' (one per datapoint) or 'warp' "
+      "(a warp per datapoint, d <= 32); for measurements",
+      py::arg("variant"));
   m.def("build_info", []() {
     py::dict info;
     info["version"] = CHYVAE_EXT_VERSION;

@@ -67,11 +67,31 @@ PATHS = [
 ]
 
 
-@pytest.mark.parametrize(("d", "k", "prior"), PATHS)
+@pytest.fixture(params=["thread", "warp"])
+def variant(request, emu):
+    # The K = 1 isotropic path has two layouts (a thread or a warp per datapoint); the others one.
+    emu.set_variant({"thread": 1, "warp": 2}[request.param])
+    yield request.param
+    emu.set_variant(0)
+
+
+# Every path with the thread-per-datapoint layout; the K = 1 isotropic ones with the warp layout too.
+LAYOUTS = [(*path, "thread") for path in PATHS] + [(*p, "warp") for p in PATHS if p[1] == 1 and p[2] != "full"]
+
+
+@pytest.mark.parametrize(("d", "k", "prior", "layout"), LAYOUTS)
 @pytest.mark.parametrize("constants", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_emulated_kernels_match_cpu_op(emu, d, k, prior, constants, dtype):
-    mu, L, z, prec, scale, logdet = case(d, k, prior, dtype, nan_above=(d == 10))
+def test_emulated_kernels_match_cpu_op(emu, d, k, prior, layout, constants, dtype):
+    emu.set_variant({"thread": 1, "warp": 2}[layout])
+    try:
+        check_paths(emu, d, k, prior, constants, dtype, n=131 if layout == "thread" else 37)
+    finally:
+        emu.set_variant(0)
+
+
+def check_paths(emu, d, k, prior, constants, dtype, n):
+    mu, L, z, prec, scale, logdet = case(d, k, prior, dtype, n=n, nan_above=(d == 10))
     nu = torch.tensor(d + 3.5, dtype=torch.float64)
     args = (mu, L, z, nu, prec, scale, logdet, constants)
     tol = 1e-10 if dtype == torch.float64 else 1e-5
@@ -102,8 +122,9 @@ def test_emulated_kernels_empty_batch(emu):
     assert [t.shape for t in g] == [(0, 4), (0, 4, 4), (0, 4), (0,)]
 
 
-@pytest.mark.parametrize("n", [1, 127, 128, 129, 300])
-def test_emulated_kernels_batch_not_a_multiple_of_the_block(emu, n):
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 127, 128, 129, 300])
+def test_emulated_kernels_batch_not_a_multiple_of_the_block(emu, variant, n):
+    # A block is 128 threads: 128 datapoints a thread each, or 4 a warp each.
     assert emu.threads_per_block() == 128
     mu, L, z, prec, scale, logdet = case(10, 1, "identity", torch.float64, n=n, seed=1)
     nu = torch.tensor(200.0, dtype=torch.float64)
@@ -137,3 +158,18 @@ def test_emulated_block_parameters_use_barriers_only_for_a_device_nu(emu):
     before = emu.barriers()
     emu.forward(mu, L, z, nu, None, 1.0, 0.0, True, False, 2, True)
     assert emu.barriers() == before
+
+
+def test_emulated_warp_kernel_shuffles_per_row(emu):
+    # A warp per datapoint: one broadcast and one 5-step sum a row in the backward (two warp barriers
+    # a shuffle), so the emulator really ran the warp kernel.
+    mu, L, z, _, _, _ = case(32, 1, "identity", torch.float64, n=4)
+    nu = torch.tensor(40.0, dtype=torch.float64)
+    emu.set_variant(2)
+    try:
+        _, saved = emu.forward(mu, L, z, nu, None, 1.0, 0.0, True, True, 1, True)
+        before = emu.warp_barriers()
+        emu.backward(torch.ones(4, dtype=torch.float64), mu, L, z, nu, None, 1.0, 0.0, True, saved, 1, True)
+        assert emu.warp_barriers() - before == 4 * 32 * (1 + 5) * 2
+    finally:
+        emu.set_variant(0)

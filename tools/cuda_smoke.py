@@ -1,5 +1,6 @@
 """Small CUDA calls of every kernel path (for compute-sanitizer): d = 10 and 32 fast paths, a
-run-time d, K = 3, a full prior, float32 and float64, forward and backward (saved and recomputed).
+run-time d, K = 3, a full prior, float32 and float64, forward and backward (saved and recomputed),
+the K = 1 isotropic paths with a thread and with a warp per datapoint.
 Compares each with the CPU op and exits non-zero on a mismatch."""
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ def inputs(n, d, k, dtype, seed):
 
 def main() -> int:
     worst = 0.0
+    cases = [(d, k, full, v) for d, k, full in ((10, 1, False), (32, 1, False), (5, 1, False), (7, 3, False),
+                                               (6, 1, True), (4, 2, True))
+             for v in (("thread", "warp") if k == 1 and not full else ("auto",))]
     for dtype in (torch.float32, torch.float64):
-        for d, k, full in ((10, 1, False), (32, 1, False), (5, 1, False), (7, 3, False), (6, 1, True), (4, 2, True)):
+        for d, k, full, variant in cases:
+            chyvae_ext._C.set_cuda_kernel_variant(variant)
             n = 131  # not a multiple of the block
             cpu = inputs(n, d, k, dtype, seed=d * 10 + k)
             cov = None
@@ -44,8 +49,9 @@ def main() -> int:
                 worst = max(worst, err)
             with torch.no_grad():  # the forward that saves nothing
                 chyvae_regularizer(*gpu, nu, None if cov is None else cov.cuda(), impl="fused")
+    chyvae_ext._C.set_cuda_kernel_variant("auto")
     torch.cuda.synchronize()
-    print(f"cuda_smoke: every path ran; worst relative difference to the CPU op {worst:.3g}")
+    print(f"cuda_smoke: every path ran (both layouts of the K = 1 isotropic kernels); worst relative difference to the CPU op {worst:.3g}")
     return 0 if worst < 1e-4 else 1
 
 

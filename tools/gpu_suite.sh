@@ -25,9 +25,14 @@ STEPS="$OUTDIR/steps.tsv"
 SUITE_T0=$(date +%s)
 
 # run_step NAME LIMIT_S COMMAND...: runs COMMAND with a time limit, output to OUTDIR/NAME.log.
+# GPU_SUITE_ONLY="build tests_cuda ..." runs only the steps named there (for a short device lease).
 run_step() {
   local name="$1" limit="$2"
   shift 2
+  if [ -n "${GPU_SUITE_ONLY:-}" ] && ! [[ " $GPU_SUITE_ONLY " == *" $name "* ]]; then
+    echo "=== $name: skipped (not in GPU_SUITE_ONLY)" | tee -a "$OUTDIR/suite.log"
+    return 0
+  fi
   local t0 rc
   t0=$(date +%s%N)
   echo "=== $name (limit ${limit}s): $*" | tee -a "$OUTDIR/suite.log"
@@ -63,8 +68,8 @@ else
 fi
 
 # 4. The regulariser per minibatch on CUDA: events and graph replays.
-run_step bench_elbo 75 "$PY" benchmarks/bench_elbo.py --device cuda --batch 64 1024 4096 --dims 10 32 \
-  --dtypes float32 --repeats 7 --json "$OUTDIR/bench_elbo_cuda.json"
+run_step bench_elbo 90 "$PY" benchmarks/bench_elbo.py --device cuda --batch 64 1024 4096 --dims 10 32 \
+  --dtypes float32 --repeats 7 --cuda-variants thread warp --json "$OUTDIR/bench_elbo_cuda.json"
 
 # 5. Training steps on CUDA: the three models eager (fp32, bf16; fused against reference), then
 #    eager against --compile (bf16, CUDA graphs).

@@ -73,6 +73,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_
 
 }  // namespace
 
+void set_cuda_kernel_variant(int variant) {
+  TORCH_CHECK_VALUE(variant >= 0 && variant <= 2, "chyvae_ext: kernel variant must be 0 (auto), 1 (thread) or 2 (warp), got ",
+                    variant);
+  cuda_kernels::kernel_variant() = static_cast<cuda_kernels::Variant>(variant);
+}
+
 TORCH_LIBRARY_IMPL(chyvae_ext, CUDA, m) {
   m.impl("regularizer", &regularizer_cuda);
   m.impl("regularizer_forward", &regularizer_forward_cuda);

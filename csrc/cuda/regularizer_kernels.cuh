@@ -118,7 +118,148 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Blocks for n datapoints, at most max_blocks (what stays resident) and at least 1.
+// ---- A warp per datapoint: the K = 1 isotropic fast path for d <= 32 -----------------------------
+// Lane j holds column j: each row of L is one coalesced read (thread-per-datapoint reads are 4 d^2
+// bytes apart across a warp), and a batch of B datapoints runs 32 B threads instead of B. The
+// same R and gradients as reg_forward_point_iso1 / reg_backward_point_iso1 (sums in another order).
+
+constexpr int kWarp = 32;
+
+__device__ inline double warp_sum(double v) {
+  for (int m = kWarp / 2; m > 0; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
+  return v;
+}
+
+// w_j = sum_i L_ij p z_i for this lane's column and the sums of the forward, all lanes alike.
+template <typename T>
+__device__ inline RegIso1Sums warp_iso1_sums(const RegParams& p, int lane, const T* mu, const T* L, const T* z,
+                                             double& w, double& sum_log_l) {
+  const int d = p.d;
+  const double zj = lane < d ? static_cast<double>(z[lane]) : 0.0;
+  const double mj = lane < d ? static_cast<double>(mu[lane]) : 0.0;
+  double ss = 0.0, ldiag = 1.0;
+  w = 0.0;
+  for (int i = 0; i < d; ++i) {
+    const double ui = p.p_iso * __shfl_sync(0xffffffffu, zj, i);
+    const double l = lane <= i ? static_cast<double>(L[i * d + lane]) : 0.0;  // lane <= i < d
+    w += l * ui;
+    ss += l * l;
+    if (lane == i) ldiag = l;
+  }
+  // One log per lane; a diagonal entry that is not > 0 (or NaN) makes the sum NaN, as on the CPU.
+  sum_log_l = warp_sum(lane < d ? (ldiag > 0.0 ? log(ldiag) : NAN) : 0.0);
+  RegIso1Sums r;
+  r.a = 1.0 + p.p_iso * warp_sum(zj * zj);
+  r.m = p.p_iso * warp_sum(mj * zj);
+  r.ww = warp_sum(w * w);
+  r.ss = warp_sum(ss);
+  r.mm = warp_sum(mj * mj);
+  r.log_a = log(r.a);
+  return r;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    regularizer_forward_warp_kernel(RegConfig cfg, NuPtr nu, int64_t n, const T* __restrict__ mu,
+                                    const T* __restrict__ L, const T* __restrict__ z, double* __restrict__ saved,
+                                    T* __restrict__ out) {
+  const RegParams p = block_params(cfg, nu, false);
+  const int64_t d = p.d;
+  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * blockDim.x / kWarp;
+  for (int64_t i = warp; i < n; i += warps) {  // the same trip count for every lane of a warp
+    double w, sum_log_l;
+    const RegIso1Sums r = warp_iso1_sums(p, lane, mu + i * d, L + i * d * d, z + i * d, w, sum_log_l);
+    if (saved != nullptr) {
+      double* si = saved + i * reg_iso1_saved_size(p.d);
+      if (lane < d) si[lane] = w;
+      if (lane == 0) {
+        RegIso1Sums stored = r;
+        reg_iso1_store(p.d, stored, si);
+      }
+    }
+    if (lane == 0) out[i] = static_cast<T>(reg_iso1_value_from(p, p.d, r, sum_log_l));
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    regularizer_backward_warp_kernel(RegConfig cfg, NuPtr nu, int64_t n, const T* __restrict__ grad,
+                                     int64_t grad_stride, const T* __restrict__ mu, const T* __restrict__ L,
+                                     const T* __restrict__ z, const double* __restrict__ saved,
+                                     T* __restrict__ g_mu, T* __restrict__ g_l, T* __restrict__ g_z,
+                                     double* __restrict__ g_nu) {
+  const RegParams p = block_params(cfg, nu, true);
+  const int d = p.d;
+  const int lane = static_cast<int>(threadIdx.x) % kWarp;
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * blockDim.x / kWarp;
+  const double pi = p.p_iso;
+  for (int64_t i = warp; i < n; i += warps) {
+    const T* mu_i = mu + i * d;
+    const T* z_i = z + i * d;
+    const T* L_i = L + i * static_cast<int64_t>(d) * d;
+    T* gl_i = g_l + i * static_cast<int64_t>(d) * d;
+    const double g = static_cast<double>(grad[i * grad_stride]);
+    double w;
+    RegIso1Sums r;
+    if (saved != nullptr) {
+      const double* si = saved + i * reg_iso1_saved_size(d);
+      r = reg_iso1_load(d, si);
+      w = lane < d ? si[lane] : 0.0;
+    } else {
+      double unused;
+      r = warp_iso1_sums(p, lane, mu_i, L_i, z_i, w, unused);
+    }
+    const double zj = lane < d ? static_cast<double>(z_i[lane]) : 0.0;
+    const double mj = lane < d ? static_cast<double>(mu_i[lane]) : 0.0;
+    const double inv_a = 1.0 / r.a;
+    const double two_a = 2.0 * p.alpha, two_b = 2.0 * p.beta;
+    const double scale_l = -two_b * g;
+    const double cl = scale_l * pi;
+    double y_mine = 0.0;
+    for (int row = 0; row < d; ++row) {
+      const double vi = pi * __shfl_sync(0xffffffffu, zj, row) * inv_a;  // V = u / a
+      const double cw = -scale_l * vi;                                   // dR/dL_ij = cl L_ij + cw w_j
+      const bool lower = lane <= row;
+      const double l = lower ? static_cast<double>(L_i[row * d + lane]) : 0.0;
+      const double y = warp_sum(l * w);
+      if (lane == row) y_mine = y;
+      double gl = lower ? cl * l + cw * w : 0.0;
+      if (lane == row) gl += g / l;
+      if (lane < d) gl_i[row * d + lane] = static_cast<T>(gl);
+    }
+    if (lane < d) {
+      const double vj = pi * zj * inv_a;
+      const double y = y_mine + mj * r.m;
+      const double e = pi * y + vj * (1.0 - (r.ww + r.m * r.m));  // E = P Y - V Q' + V
+      g_z[i * d + lane] = static_cast<T>(g * (-two_a * vj + two_b * e * inv_a));
+      g_mu[i * d + lane] = static_cast<T>(g * (-two_b * (pi * mj - vj * r.m)));
+    }
+    if (lane == 0) g_nu[i] = reg_iso1_dnu(p, d, g, r);
+  }
+}
+
+// Which layout runs the K = 1 isotropic fast path: a warp per datapoint for 16 < d <= 32, a thread
+// per datapoint otherwise (set_kernel_variant overrides this, for measurements).
+enum class Variant { kAuto = 0, kThread = 1, kWarp = 2 };
+
+inline Variant& kernel_variant() {
+  static Variant v = Variant::kAuto;
+  return v;
+}
+
+inline bool use_warp_kernel(bool iso1, int d) {
+  if (!iso1 || d > kWarp) return false;
+  switch (kernel_variant()) {
+    case Variant::kThread: return false;
+    case Variant::kWarp: return true;
+    default: return d > 16;
+  }
+}
+
+// Blocks for n threads' work, at most max_blocks (what stays resident) and at least 1.
 inline unsigned int grid_for(int64_t n, int64_t max_blocks) {
   const int64_t want = (n + kThreads - 1) / kThreads;
   const int64_t cap = max_blocks > 0 ? max_blocks : 1;

@@ -36,6 +36,17 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& mu, const at::T
   const RegConfig cfg = f.call.config;
   const double* prec = f.call.prec.defined() ? f.call.prec.const_data_ptr<double>() : nullptr;
   double* saved_p = f.saved.numel() > 0 ? f.saved.mutable_data_ptr<double>() : nullptr;
+  if (use_warp_kernel(iso1, cfg.d)) {
+    AT_DISPATCH_FLOATING_TYPES(f.mu.scalar_type(), "regularizer_cuda_warp", [&] {
+      auto kernel = regularizer_forward_warp_kernel<scalar_t>;
+      const unsigned int grid = grid_for(n * kWarp, max_blocks(reinterpret_cast<const void*>(kernel)));
+      CHY_LAUNCH(kernel, grid, stream, cfg, nu_ptr(f.call, host_params), n, f.mu.const_data_ptr<scalar_t>(),
+                 f.L.const_data_ptr<scalar_t>(), f.z.const_data_ptr<scalar_t>(), saved_p,
+                 f.out.mutable_data_ptr<scalar_t>());
+      after_launch();
+    });
+    return {f.out, f.saved};
+  }
   const int64_t ws_size = workspace_per_thread(cfg, iso1, saved_p != nullptr);
   AT_DISPATCH_FLOATING_TYPES(f.mu.scalar_type(), "regularizer_cuda", [&] {
     with_static_d(iso1, cfg.d, [&](auto ds) {
@@ -63,6 +74,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_backward(
   const bool iso1 = uses_iso1(b.call);
   const RegConfig cfg = b.call.config;
   const double* prec = b.call.prec.defined() ? b.call.prec.const_data_ptr<double>() : nullptr;
+  if (use_warp_kernel(iso1, cfg.d)) {
+    AT_DISPATCH_FLOATING_TYPES(b.mu.scalar_type(), "regularizer_backward_cuda_warp", [&] {
+      auto kernel = regularizer_backward_warp_kernel<scalar_t>;
+      const unsigned int grid = grid_for(n * kWarp, max_blocks(reinterpret_cast<const void*>(kernel)));
+      CHY_LAUNCH(kernel, grid, stream, cfg, nu_ptr(b.call, host_params), n, b.grad.const_data_ptr<scalar_t>(),
+                 b.grad.stride(0), b.mu.const_data_ptr<scalar_t>(), b.L.const_data_ptr<scalar_t>(),
+                 b.z.const_data_ptr<scalar_t>(), b.saved, b.g_mu.mutable_data_ptr<scalar_t>(),
+                 b.g_l.mutable_data_ptr<scalar_t>(), b.g_z.mutable_data_ptr<scalar_t>(),
+                 b.g_nu.mutable_data_ptr<double>());
+      after_launch();
+    });
+    return {b.g_mu, b.g_l, b.g_z, b.g_nu};
+  }
   const int64_t ws_size = workspace_per_thread(cfg, iso1, b.saved != nullptr);
   AT_DISPATCH_FLOATING_TYPES(b.mu.scalar_type(), "regularizer_backward_cuda", [&] {
     with_static_d(iso1, cfg.d, [&](auto ds) {

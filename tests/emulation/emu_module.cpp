@@ -40,4 +40,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &backward, "regularizer_backward through the emulated CUDA kernels");
   m.def("barriers", [] { return chy_emu::scheduler().barriers; }, "block barriers passed so far");
   m.def("threads_per_block", [] { return chyvae_ext::cuda_kernels::kThreads; });
+  m.def("warp_barriers", [] { return chy_emu::scheduler().warp_barriers; }, "warp barriers passed so far");
+  m.def(
+      "set_variant",
+      [](int v) { chyvae_ext::cuda_kernels::kernel_variant() = static_cast<chyvae_ext::cuda_kernels::Variant>(v); },
+      "0 auto, 1 a thread per datapoint, 2 a warp per datapoint");
 }
