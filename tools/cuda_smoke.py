@@ -51,7 +51,8 @@ def main() -> int:
                 chyvae_regularizer(*gpu, nu, None if cov is None else cov.cuda(), impl="fused")
     chyvae_ext._C.set_cuda_kernel_variant("auto")
     torch.cuda.synchronize()
-    print(f"cuda_smoke: every path ran (both layouts of the K = 1 isotropic kernels); worst relative difference to the CPU op {worst:.3g}")
+    print("cuda_smoke: every path ran (both layouts of the K = 1 isotropic kernels); "
+          f"worst relative difference to the CPU op {worst:.3g}")
     return 0 if worst < 1e-4 else 1
 
 
