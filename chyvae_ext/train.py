@@ -82,11 +82,31 @@ class TrainConfig:
         return c
 
 
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), or None where that cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
 def fast_bf16(device: str) -> bool:
-    """Whether bf16 matrix units are there: AMX/AVX512-BF16 on the CPU, bf16 support on a GPU."""
+    """Whether bf16 matrix units are there: AMX/AVX512-BF16 on the CPU, bf16 support on a GPU.
+
+    On the CPU, oneDNN's own check also says yes on plain AVX-512, where bf16 is emulated and a
+    training step ran at half the speed of fp32 (measured, benchmarks/RESULTS.md): where the CPU's
+    flags can be read, they decide.
+    """
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    flags = cpu_flags()
+    if flags is not None:
+        return bool(flags & {"amx_bf16", "avx512_bf16"})
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

@@ -226,3 +226,23 @@ def test_default_config_is_the_quick_chyvae_run():
     c = TrainConfig().resolved()
     assert (c.model, c.dataset, c.z_dim, c.hidden) == ("chyvae", "correlated_ellipses", 10, 128)
     assert c.out == os.path.join("runs", "chyvae-correlated_ellipses-seed0")
+
+
+@pytest.mark.parametrize(("flags", "fast"), [
+    ({"avx2", "avx512f"}, False),  # bf16 emulated: half the speed of fp32 (RESULTS.md)
+    ({"avx512f", "avx512_bf16"}, True),
+    ({"avx512f", "amx_bf16", "amx_tile"}, True),
+])
+def test_fast_bf16_on_the_cpu_follows_its_flags(monkeypatch, flags, fast):
+    from chyvae_ext import train as train_mod
+
+    monkeypatch.setattr(train_mod, "cpu_flags", lambda: flags)
+    assert train_mod.fast_bf16("cpu") is fast
+    assert TrainConfig(device="cpu").resolved().precision == ("bf16" if fast else "fp32")
+
+
+def test_cpu_flags_reads_this_machine():
+    from chyvae_ext.train import cpu_flags
+
+    flags = cpu_flags()
+    assert flags is None or "fpu" in flags or any(f.startswith(("sse", "asimd", "fp")) for f in flags)
