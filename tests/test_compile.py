@@ -6,7 +6,9 @@ configuration: fixed or learned nu, prior None / scalar / full tensor, K = 1 and
   the eager step's numbers;
 - on meta tensors (the Python path takes the CUDA branches; no GPU needed) a step calls nothing that
   reads a value back to the host (.item(), float(t), bool(t), .cpu(): aten._local_scalar_dense or a
-  copy to the CPU), through the fused op and through the reference.
+  copy to the CPU), through the fused op and through the reference;
+- and the pieces these rest on: adam_update against torch.optim.Adam, pre-drawn noise, PriorCov and
+  the model's prior buffers, the CUDA kernel-variant setter's messages.
 """
 
 from __future__ import annotations
@@ -159,3 +161,98 @@ def test_plain_tensor_prior_is_read_back_and_the_recorder_sees_it(monkeypatch):
     with HostReads() as rec, pytest.raises(Exception):  # noqa: B017 (meta tensors hold no value)
         chyvae_ext.chyvae_regularizer(mu, L, z, 9.0, cov)
     assert rec.reads == ["aten._local_scalar_dense.default"]
+
+
+def test_adam_update_is_torch_adam():
+    # The written-out update against torch.optim.Adam itself, eagerly, over a few steps.
+    from chyvae_ext.train import adam_update
+
+    torch.manual_seed(0)
+    params = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
+    mine = [p.detach().clone().requires_grad_() for p in params]
+    ref_opt, my_opt = torch.optim.Adam(params, lr=1e-2), torch.optim.Adam(mine, lr=1e-2)
+    for step in range(5):
+        grads = [torch.randn_like(p) for p in params]
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        ref_opt.step()
+        if step == 0:  # the first step creates the state, as make_step does
+            for p, g in zip(mine, grads, strict=True):
+                p.grad = g.clone()
+            my_opt.step()
+        else:
+            adam_update(mine, grads, my_opt)
+    for a, b in zip(params, mine, strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("option", [{"weight_decay": 0.1}, {"amsgrad": True}, {"maximize": True}])
+def test_adam_update_refuses_other_adam_options(option):
+    from chyvae_ext.train import adam_update
+
+    p = torch.zeros(2, requires_grad=True)
+    opt = torch.optim.Adam([p], **option)
+    with pytest.raises(ValueError, match=r"adam_update: only plain Adam \(no weight decay, amsgrad or maximize\)"):
+        adam_update([p], [torch.ones(2)], opt)
+
+
+def test_adam_options_fuse_only_compiled_gpu_steps():
+    from chyvae_ext.train import adam_options
+
+    assert adam_options(True, torch.device("cuda")) == {"fused": True}
+    assert adam_options(False, "cuda") == {} and adam_options(True, "cpu") == {}
+
+
+def test_noise_drawn_outside_gives_the_same_loss():
+    model = build("full-prior-K3")
+    x = torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a = model.loss(x, generator=torch.Generator().manual_seed(9))
+        b = model.loss(x, noise=model.sample_noise(4, "cpu", torch.Generator().manual_seed(9)))
+    assert torch.equal(a["loss"], b["loss"]) and torch.equal(a["z"], b["z"])
+    assert [tuple(t.shape) for t in model.sample_noise(4, "cpu")] == [(4, 10, 1), (4, 3, 10, 1)]
+
+
+def test_noise_of_the_wrong_shape_is_named():
+    model = build("fixed-nu")
+    x = torch.rand(4, 1, 64, 64)
+    with pytest.raises(ValueError, match=r"noise must be tensors of shapes \[\(4, 10, 1\), \(4, 1, 10, 1\)\] "
+                                         r"\(from sample_noise\), got \[\(4, 10\)\]"):
+        model.loss(x, noise=(torch.zeros(4, 10),))
+
+
+def test_prior_cov_object_moves_and_describes_itself():
+    cov = full_prior(4)
+    prior = PriorCov(cov)
+    chol = torch.linalg.cholesky(cov.double())
+    assert torch.allclose(prior.prec, torch.cholesky_inverse(chol)) and prior.prec.dtype == torch.float64
+    assert math.isclose(prior.logdet, float(2 * chol.diagonal().log().sum()), rel_tol=1e-6)
+    assert prior.shape == (4, 4) and prior.device == torch.device("cpu")
+    moved = prior.to("meta")
+    assert moved.cov.is_meta and moved.prec.is_meta and moved.logdet == prior.logdet
+    assert PriorCov(prior).prec is prior.prec  # no second validation
+    assert repr(prior).startswith("PriorCov(d=4, logdet=")
+
+
+def test_model_prior_is_validated_once_and_follows_load_state_dict():
+    model = build("full-prior-K3")
+    assert model.prior_prec.dtype == torch.float64 and "prior_prec" not in model.state_dict()
+    other = CHyVAE(10, 1, 32, nu=50.0, prior_cov=2.0 * torch.eye(10))
+    other.load_state_dict(model.state_dict())
+    assert torch.allclose(other.prior_prec, model.prior_prec)
+    assert math.isclose(other._prior_logdet, model._prior_logdet, rel_tol=1e-9)
+    with pytest.raises(ValueError, match=r"prior_cov must have shape \(10, 10\), got \(3, 3\)"):
+        model.set_prior_cov(torch.eye(3))
+    with pytest.raises(ValueError, match=r"prior_cov must be a number > 0, got -1.0"):
+        model.set_prior_cov(-1.0)
+    model.set_prior_cov(0.5)
+    assert model.prior_cov == 0.5 and model.prior_prec is None and "prior_cov" not in model._buffers
+
+
+def test_kernel_variant_setter_names_bad_values():
+    with pytest.raises(ValueError, match=r"variant must be 'auto', 'thread' or 'warp', got 'fast'"):
+        chyvae_ext._C.set_cuda_kernel_variant("fast")
+    chyvae_ext._C.set_cuda_kernel_variant("auto")
+    if not chyvae_ext.build_info()["cuda"]:
+        with pytest.raises(ValueError, match=r"built without CUDA kernels: only 'auto' can be set"):
+            chyvae_ext._C.set_cuda_kernel_variant("warp")
