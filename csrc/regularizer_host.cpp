@@ -96,9 +96,7 @@ PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, cons
     const double sum = constants ? const_term_sum(nu_v, c.d, c.K, backward) : 0.0;
     out.params = reg_params_finish(c, nu_v, sum, backward);
   } else {
-    out.params = RegParams{};  // computed by the kernels from nu in device memory
-    out.params.d = c.d;
-    out.params.K = c.K;
+    out.params = RegParams{};  // unused: the kernels compute them from nu in device memory
   }
   return out;
 }

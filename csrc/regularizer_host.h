@@ -14,7 +14,7 @@ struct PreparedCall {
   RegParams params;     // from nu on the host when nu is on the CPU (params_on_host), else for the kernels to compute
   bool params_on_host;  // nu is a CPU tensor: read here; otherwise nu is in the inputs' device memory
   at::Tensor prec;      // Prec0 = Sigma0^-1, float64 contiguous (d, d) on the inputs' device; undefined if isotropic
-  const float* nu_f;    // nu in its own memory (the inputs' device): one of these is set
+  const float* nu_f;    // nu in its own memory (the CPU or the inputs' device): one of these is set
   const double* nu_d;
 };
 

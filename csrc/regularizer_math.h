@@ -30,10 +30,11 @@
 
 namespace chyvae_ext {
 
-// Per-call scalars, all functions of nu and the fixed configuration (RegConfig). The CPU backend
-// computes them on the host; the CUDA kernels compute them on the device from nu in device memory
-// (reg_params_finish after a block-wide sum of reg_const_term), so that nothing waits for the host
-// and a captured CUDA graph reads the current nu at every replay.
+// Per-call scalars, all functions of nu and the fixed configuration (RegConfig). Computed on the
+// host when nu is a CPU tensor (every CPU call, and CUDA calls given a CPU nu); otherwise the CUDA
+// kernels compute them from nu in device memory (reg_params_finish after a block-wide sum of
+// reg_const_term), so that nothing waits for the host and a captured CUDA graph reads the current
+// nu at every replay.
 struct RegParams {
   int d;
   int K;

@@ -20,14 +20,15 @@ namespace py = pybind11;
 
 namespace {
 
-// An argument of the fast path: a plain torch.Tensor (or Parameter, not a subclass, whose methods
-// could mean something else) holding float32 or float64 on a device with compiled kernels.
 // CUDA devices that chyvae_ext.fused_available() found the built kernels can run on (it reports
 // each here); other CUDA devices take the Python path, which decides between kernel and reference.
 std::vector<bool>& cuda_devices_ok() {
   static std::vector<bool> ok;
   return ok;
 }
+
+// An argument of the fast path: a plain torch.Tensor (or Parameter, not a subclass, whose methods
+// could mean something else) holding float32 or float64 on a device with compiled kernels.
 
 const at::Tensor* fast_tensor(py::handle obj) {
   if (!THPVariable_CheckExact(obj.ptr())) return nullptr;

@@ -93,9 +93,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_backward(
       auto kernel = regularizer_backward_kernel<decltype(ds)::value, scalar_t>;
       const unsigned int grid = grid_for(n, max_blocks(reinterpret_cast<const void*>(kernel)));
       at::Tensor ws = at::empty({static_cast<int64_t>(grid) * kThreads * ws_size}, b.mu.options().dtype(at::kDouble));
-      CHY_LAUNCH(kernel, grid, stream, cfg, nu_ptr(b.call, host_params), n, b.grad.const_data_ptr<scalar_t>(), b.grad.stride(0),
-                 b.mu.const_data_ptr<scalar_t>(), b.L.const_data_ptr<scalar_t>(), b.z.const_data_ptr<scalar_t>(),
-                 prec, b.saved, ws.mutable_data_ptr<double>(), ws_size, b.g_mu.mutable_data_ptr<scalar_t>(),
+      CHY_LAUNCH(kernel, grid, stream, cfg, nu_ptr(b.call, host_params), n, b.grad.const_data_ptr<scalar_t>(),
+                 b.grad.stride(0), b.mu.const_data_ptr<scalar_t>(), b.L.const_data_ptr<scalar_t>(),
+                 b.z.const_data_ptr<scalar_t>(), prec, b.saved, ws.mutable_data_ptr<double>(), ws_size, b.g_mu.mutable_data_ptr<scalar_t>(),
                  b.g_l.mutable_data_ptr<scalar_t>(), b.g_z.mutable_data_ptr<scalar_t>(),
                  b.g_nu.mutable_data_ptr<double>());
       after_launch();
