@@ -19,7 +19,8 @@ class RegularizerInputs:
     mu: torch.Tensor  # (N, d)
     L: torch.Tensor  # (N, d, d)
     z: torch.Tensor  # (N, d) or (N, K, d)
-    nu: torch.Tensor  # 0-d float32/float64 on the CPU or the inputs' device, differentiable when the user's nu is
+    nu: torch.Tensor  # 0-d float32/float64 on the CPU or the inputs' device, or (N,) on the inputs' device;
+    # differentiable when the user's nu is
     prior_cov: torch.Tensor | None  # (d, d) in the compute dtype, or None for prior_scale * I
     prior_scale: float
     prior_prec: torch.Tensor | None  # Sigma0^-1, float64 (d, d), on the inputs' device
@@ -92,8 +93,22 @@ def _check_nu_value(value: float, d: int) -> None:
         raise ValueError(f"nu must be finite and greater than d - 1 = {d - 1} (d = {d}), got {value}")
 
 
-def _check_nu(nu: object, d: int, device: torch.device) -> torch.Tensor:
-    """nu as a 0-d float32/float64 tensor on the CPU or on ``device`` (differentiable when nu is).
+def _check_nu_rows(nu: torch.Tensor, d: int) -> None:
+    bad = ~(torch.isfinite(nu) & (nu > d - 1))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"nu must be finite and greater than d - 1 = {d - 1} (d = {d}), got {float(nu[i])} at datapoint {i}"
+        )
+
+
+def _check_nu(nu: object, n: int, d: int, device: torch.device) -> torch.Tensor:
+    """nu as a 0-d float32/float64 tensor on the CPU or on ``device``, or a (n,) one on ``device``
+    (differentiable when nu is).
+
+    A (n,) tensor is one nu per datapoint (an ensemble's members in one call): on the CPU every
+    value is checked here; on a GPU none is (as for a 0-d GPU tensor, below); on another device
+    than ``device`` it moves there.
 
     A number becomes a CPU tensor (a fixed value: the CUDA op reads it on the host, as torch's ops
     read a 0-d CPU tensor given with CUDA tensors), except while compiling, where it is made on
@@ -106,17 +121,22 @@ def _check_nu(nu: object, d: int, device: torch.device) -> torch.Tensor:
     if type(nu) is float:  # the common case first: the ABC check of numbers.Real costs ~1 us
         value = nu
     elif isinstance(nu, bool) or not isinstance(nu, (numbers.Real, torch.Tensor)):
-        raise TypeError(f"nu must be a float or a 0-d tensor, got {type(nu).__name__}")
+        raise TypeError(f"nu must be a float, a 0-d tensor or a (N,) tensor, got {type(nu).__name__}")
     elif isinstance(nu, torch.Tensor):
-        if nu.dim() != 0:
-            raise ValueError(f"nu must be a 0-d tensor, got shape {tuple(nu.shape)}")
+        if nu.dim() != 0 and tuple(nu.shape) != (n,):
+            raise ValueError(f"nu must be a 0-d tensor or have shape ({n},) (one per datapoint), got {tuple(nu.shape)}")
         if not nu.is_floating_point():
             raise TypeError(f"nu must be a floating-point tensor, got dtype {nu.dtype}")
         if nu.device.type == "cpu" and not torch.compiler.is_compiling():
-            _check_nu_value(float(nu.detach()), d)
+            if nu.dim() == 0:
+                _check_nu_value(float(nu.detach()), d)
+            elif n > 0:
+                _check_nu_rows(nu.detach(), d)
         if nu.dtype not in (torch.float32, torch.float64):
             nu = nu.to(torch.float32)
-        return nu if nu.device == device or nu.device.type == "cpu" else nu.to(device)
+        if nu.device == device or (nu.device.type == "cpu" and nu.dim() == 0):
+            return nu
+        return nu.to(device)
     else:
         value = float(nu)
     _check_nu_value(value, d)
@@ -207,7 +227,7 @@ def check_regularizer_inputs(mu, L, z, nu, prior_cov) -> RegularizerInputs:
         )
     out_dtype = mu.dtype
     compute = mu.dtype if mu.dtype in (torch.float32, torch.float64) else torch.float32
-    nu_t = _check_nu(nu, d, mu.device)
+    nu_t = _check_nu(nu, n, d, mu.device)
     cov, scale, prec, logdet = _check_prior_cov(prior_cov, d, mu.device, compute)
     if compute != mu.dtype:
         mu, L, z = mu.to(compute), L.to(compute), z.to(compute)

@@ -94,10 +94,11 @@ def chyvae_regularizer(
         L: (N, d, d) Cholesky factors of the posterior covariances C = L L^T; only the lower
             triangle is read.
         z: (N, d) or (N, K, d) posterior samples forming Z = [z_1 .. z_K].
-        nu: inverse-Wishart degrees of freedom, > d - 1; a float or a 0-d tensor (differentiable) on
-            the CPU or the inputs' device. A float or CPU tensor is checked and read on the host; a
-            GPU tensor is read by the kernels in device memory (no synchronisation; a value that is
-            not > d - 1 gives NaN).
+        nu: inverse-Wishart degrees of freedom, > d - 1; a float, a 0-d tensor (differentiable) on
+            the CPU or the inputs' device, or a (N,) tensor, one value per datapoint (an ensemble's
+            members in one call; its gradient is per datapoint). A float or CPU tensor is checked
+            and read on the host; a GPU tensor is read by the kernels in device memory (no
+            synchronisation; a value that is not > d - 1 gives NaN).
         prior_cov: Sigma0, the mean of the hyperprior: None (identity), a positive float (a multiple
             of I), an SPD (d, d) tensor (validated on every call: it is read back from its device)
             or a PriorCov (validated once); Psi = max(nu - d - 1, 1) * Sigma0. Receives no gradient.

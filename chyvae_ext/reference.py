@@ -13,19 +13,19 @@ from ._validate import RegularizerInputs, check_regularizer_inputs
 
 
 def multivariate_digamma(a: torch.Tensor, d: int) -> torch.Tensor:
-    """psi_d(a) = sum_{i=1..d} digamma(a + (1 - i) / 2), for a scalar tensor a."""
+    """psi_d(a) = sum_{i=1..d} digamma(a + (1 - i) / 2), elementwise over a tensor a."""
     offsets = torch.arange(d, dtype=a.dtype, device=a.device) / 2
-    return torch.digamma(a - offsets).sum()
+    return torch.digamma(a.unsqueeze(-1) - offsets).sum(-1)
 
 
 def multivariate_lgamma(a: torch.Tensor, d: int) -> torch.Tensor:
-    """log Gamma_d(a) = d (d - 1) / 4 log(pi) + sum_{i=1..d} lgamma(a + (1 - i) / 2), for a scalar tensor a.
+    """log Gamma_d(a) = d (d - 1) / 4 log(pi) + sum_{i=1..d} lgamma(a + (1 - i) / 2), elementwise over a.
 
     torch.special.multigammaln checks its argument on the host (a device synchronisation on a GPU);
     this sum does not, and is as exact.
     """
     offsets = torch.arange(d, dtype=a.dtype, device=a.device) / 2
-    return torch.lgamma(a - offsets).sum() + d * (d - 1) / 4 * math.log(math.pi)
+    return torch.lgamma(a.unsqueeze(-1) - offsets).sum(-1) + d * (d - 1) / 4 * math.log(math.pi)
 
 
 def regularizer_from_checked(inp: RegularizerInputs, constants: bool) -> torch.Tensor:
@@ -47,7 +47,7 @@ def regularizer_from_checked(inp: RegularizerInputs, constants: bool) -> torch.T
         sigma0 = inp.prior_cov
         logdet_sigma0 = inp.prior_logdet
     s = torch.clamp(nu - d - 1, min=1.0)
-    psi = s * sigma0
+    psi = (s[:, None, None] if s.dim() == 1 else s) * sigma0
     zm = z.mT  # (N, d, K)
     psi_post = psi + zm @ zm.mT  # Psi' = Psi + Z Z^T
     chol_post, _ = torch.linalg.cholesky_ex(psi_post)
@@ -84,7 +84,8 @@ def chyvae_regularizer_ref(
     """Reference CHyVAE regulariser R (SPEC 1.1), one value per datapoint.
 
     Same arguments and result as :func:`chyvae_ext.chyvae_regularizer`: ``mu`` (N, d), ``L`` (N, d, d)
-    (lower triangle read), ``z`` (N, d) or (N, K, d), ``nu`` > d - 1, ``prior_cov`` None, a positive
+    (lower triangle read), ``z`` (N, d) or (N, K, d), ``nu`` > d - 1 (a number, a 0-d tensor or one
+    value per datapoint, (N,)), ``prior_cov`` None, a positive
     float or an SPD (d, d) tensor. Forms Psi' and factorises it per datapoint. Returns (N,).
     """
     inp = check_regularizer_inputs(mu, L, z, nu, prior_cov)

@@ -78,7 +78,9 @@ struct RegularizerBackward : public torch::autograd::Node {
     if (should_compute_output(0)) result[0] = std::move(g_mu);
     if (should_compute_output(1)) result[1] = std::move(g_l);
     if (should_compute_output(2)) result[2] = std::move(g_z);
-    if (should_compute_output(3)) result[3] = g_nu.sum().to(nu_t.device(), nu_t.scalar_type());
+    if (should_compute_output(3)) {  // a 0-d nu: the sum over datapoints; a per-datapoint nu: each its own
+      result[3] = (nu_t.dim() == 0 ? g_nu.sum() : g_nu).to(nu_t.device(), nu_t.scalar_type());
+    }
     return result;
   }
 };

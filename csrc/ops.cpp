@@ -4,7 +4,7 @@
 
 TORCH_LIBRARY(chyvae_ext, m) {
   // R of SPEC 1.1 per datapoint. mu (N, d); L (N, d, d), lower triangle read; z (N, d) or (N, K, d);
-  // nu 0-d CPU tensor; prior_prec Sigma0^-1 (d, d), or None for Sigma0 = prior_scale * I;
+  // nu 0-d (the CPU or the inputs' device) or (N,) (the inputs' device), float32/float64; prior_prec Sigma0^-1 (d, d), or None for Sigma0 = prior_scale * I;
   // prior_logdet log|Sigma0| (used with prior_prec). Returns (N,) in the inputs' dtype.
   m.def(
       "regularizer(Tensor mu, Tensor L, Tensor z, Tensor nu, Tensor? prior_prec, float prior_scale, "

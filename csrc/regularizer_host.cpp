@@ -54,10 +54,13 @@ PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, cons
   TORCH_CHECK_VALUE(L.device() == mu.device() && z.device() == mu.device(),
                     "chyvae_ext: mu, L and z must be on one device, got ", mu.device(), ", ",
                     L.device(), ", ", z.device());
-  TORCH_CHECK_VALUE(nu.dim() == 0 && (nu.scalar_type() == at::kFloat || nu.scalar_type() == at::kDouble) &&
-                        (nu.device() == mu.device() || nu.device().is_cpu()),
+  const bool nu_float = nu.scalar_type() == at::kFloat || nu.scalar_type() == at::kDouble;
+  const bool nu_rows = nu.dim() == 1;
+  TORCH_CHECK_VALUE((nu.dim() == 0 && nu_float && (nu.device() == mu.device() || nu.device().is_cpu())) ||
+                        (nu_rows && nu.size(0) == n && nu_float && nu.device() == mu.device()),
                     "chyvae_ext: nu must be a 0-d float32 or float64 tensor on the CPU or on ", mu.device(),
-                    " like mu, got shape ", nu.sizes(), " dtype ", nu.scalar_type(), " on ", nu.device());
+                    ", or a (", n, ",) one (a value per datapoint) on ", mu.device(), " like mu, got shape ",
+                    nu.sizes(), " dtype ", nu.scalar_type(), " on ", nu.device());
   const int64_t k = z.dim() == 3 ? z.size(1) : 1;
   TORCH_CHECK_VALUE(d <= 4096 && k <= 4096, "chyvae_ext: d and K must be at most 4096, got d = ", d,
                     ", K = ", k);
@@ -85,20 +88,33 @@ PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, cons
                       "chyvae_ext: prior_scale must be positive and finite, got ", prior_scale);
     c.prior_scale = prior_scale;
   }
-  out.nu_f = nu.scalar_type() == at::kFloat ? nu.const_data_ptr<float>() : nullptr;
-  out.nu_d = nu.scalar_type() == at::kDouble ? nu.const_data_ptr<double>() : nullptr;
+  out.nu_rows = nu_rows;
+  out.nu_keep = nu_rows && !nu.is_contiguous() ? nu.contiguous() : nu;
+  out.nu_f = nu.scalar_type() == at::kFloat ? out.nu_keep.const_data_ptr<float>() : nullptr;
+  out.nu_d = nu.scalar_type() == at::kDouble ? out.nu_keep.const_data_ptr<double>() : nullptr;
   out.params_on_host = nu.device().is_cpu();
-  if (out.params_on_host) {
+  out.params = RegParams{};
+  if (nu_rows) {
+    if (out.params_on_host) {  // checked here, once; the backend computes the scalars per run of equal values
+      for (int64_t i = 0; i < n; ++i) {
+        const double v = out.nu_d != nullptr ? out.nu_d[i] : static_cast<double>(out.nu_f[i]);
+        TORCH_CHECK_VALUE(std::isfinite(v) && v > static_cast<double>(d - 1), "chyvae_ext: nu must be finite and > d - 1 = ",
+                          d - 1, ", got ", v, " at datapoint ", i);
+      }
+    }
+  } else if (out.params_on_host) {
     // Read in place: item() is a dispatcher call, ~1 us on the CI machine.
     const double nu_v = out.nu_d != nullptr ? *out.nu_d : static_cast<double>(*out.nu_f);
     TORCH_CHECK_VALUE(std::isfinite(nu_v) && nu_v > static_cast<double>(d - 1),
                       "chyvae_ext: nu must be finite and > d - 1 = ", d - 1, ", got ", nu_v);
-    const double sum = constants ? const_term_sum(nu_v, c.d, c.K, backward) : 0.0;
-    out.params = reg_params_finish(c, nu_v, sum, backward);
-  } else {
-    out.params = RegParams{};  // unused: the kernels compute them from nu in device memory
-  }
+    out.params = host_params(c, nu_v, backward);
+  }  // otherwise the kernels compute them from nu in device memory
   return out;
+}
+
+RegParams host_params(const RegConfig& config, double nu, bool backward) {
+  const double sum = config.constants ? const_term_sum(nu, config.d, config.K, backward) : 0.0;
+  return reg_params_finish(config, nu, sum, backward);
 }
 
 namespace {

@@ -16,10 +16,14 @@ struct PreparedCall {
   at::Tensor prec;      // Prec0 = Sigma0^-1, float64 contiguous (d, d) on the inputs' device; undefined if isotropic
   const float* nu_f;    // nu in its own memory (the CPU or the inputs' device): one of these is set
   const double* nu_d;
+  bool nu_rows;         // nu has one value per datapoint (N,), contiguous: params holds no call-wide scalars
+  at::Tensor nu_keep;   // keeps the memory nu_f / nu_d point into alive (a contiguous copy when nu was strided)
 };
 
 // Checks shapes, dtypes and devices (kernels assume what this checks) and, when nu is on the CPU,
-// computes the scalars. nu: 0-d float32/float64 tensor on the CPU (any inputs: read on the host, as
+// computes the scalars. nu: a (N,) float32/float64 tensor, one value per datapoint, on the inputs'
+// device (on the CPU each is checked > d - 1 here, and the backend computes the scalars per run of
+// equal values; on a GPU the kernels compute them per datapoint), or a 0-d float32/float64 tensor on the CPU (any inputs: read on the host, as
 // torch's ops read a 0-d CPU tensor given with CUDA tensors, so a captured graph keeps its value) or
 // on the inputs' device (read there by the kernels: nothing waits for the host, and a captured CUDA
 // graph reads the current value). prior_prec: Sigma0^-1 (d, d), or nullopt for Sigma0 = prior_scale * I.
@@ -31,6 +35,10 @@ PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, cons
 
 // Whether a call runs the K = 1 isotropic fast path, and the per-datapoint size of what its
 // forward saves for the backward (0 on the general path).
+// The scalars for a nu read on the host (a CPU nu: every datapoint's for per-datapoint nu), with
+// the special-function sum remembered per thread for the last nu of each pass.
+RegParams host_params(const RegConfig& config, double nu, bool backward);
+
 inline bool uses_iso1(const PreparedCall& call) { return !call.prec.defined() && call.config.K == 1; }
 inline int64_t saved_size(const PreparedCall& call) {
   return uses_iso1(call) ? reg_iso1_saved_size(call.config.d) : 0;

@@ -101,6 +101,15 @@ CHY_HD double reg_const_term(double nu, int K, int i, bool backward) {
   return t;
 }
 
+// sum_i reg_const_term(nu, K, i, backward) over i < d, or 0 without constants: the sum
+// reg_params_finish takes, for one datapoint's nu (per-datapoint nu on the device).
+CHY_HD double reg_const_sum(const RegConfig& c, double nu, bool backward) {
+  double acc = 0.0;
+  if (c.constants)
+    for (int i = 0; i < c.d; ++i) acc += reg_const_term(nu, c.K, i, backward);
+  return acc;
+}
+
 // The scalars of one call from nu, the configuration and term_sum = sum_i reg_const_term (unused
 // without constants). A nu that is not finite and > d - 1 makes every R and gradient NaN (the
 // CPU host code refuses such a nu before this; on CUDA it is read in device memory, unchecked).

@@ -49,10 +49,14 @@ def test_bad_tensors(good, impl, which, bad, error, match):
     (float("nan"), ValueError, r"nu must be finite .* got nan"),
     (float("inf"), ValueError, r"nu must be finite .* got inf"),
     (torch.tensor(1.5, dtype=torch.float64), ValueError, r"nu must be finite and greater than d - 1 = 2 .* got 1.5"),
-    (torch.tensor([5.0]), ValueError, r"nu must be a 0-d tensor, got shape \(1,\)"),
+    (torch.tensor([5.0]), ValueError, r"nu must be a 0-d tensor or have shape \(4,\) \(one per datapoint\), got \(1,\)"),
+    (torch.full((4, 1), 5.0), ValueError, r"nu must be a 0-d tensor or have shape \(4,\) .*got \(4, 1\)"),
+    (torch.tensor([5.0, 6.0, 1.5, 7.0]), ValueError, r"nu must be finite and greater than d - 1 = 2 .* got 1.5 at datapoint 2"),
+    (torch.tensor([5.0, float("nan"), 6.0, 7.0]), ValueError, r"nu must be finite .* got nan at datapoint 1"),
     (torch.tensor(5), TypeError, r"nu must be a floating-point tensor, got dtype torch.int64"),
-    (True, TypeError, r"nu must be a float or a 0-d tensor, got bool"),
-    ("5", TypeError, r"nu must be a float or a 0-d tensor, got str"),
+    (torch.tensor([5, 6, 7, 8]), TypeError, r"nu must be a floating-point tensor, got dtype torch.int64"),
+    (True, TypeError, r"nu must be a float, a 0-d tensor or a \(N,\) tensor, got bool"),
+    ("5", TypeError, r"nu must be a float, a 0-d tensor or a \(N,\) tensor, got str"),
 ])
 def test_bad_nu(good, impl, nu, error, match):
     with pytest.raises(error, match=match):
@@ -142,7 +146,10 @@ def op_args(**override):
     ({"z": torch.zeros(4, 2, 3)}, r"mu, L and z must share a dtype"),
     ({"mu": torch.zeros(4, 3, dtype=torch.float16)}, r"mu must be float32 or float64"),
     ({"nu": torch.tensor(2.0, dtype=torch.float64)}, r"nu must be finite and > d - 1 = 2, got 2"),
-    ({"nu": torch.tensor([5.0])}, r"nu must be a 0-d float32 or float64 tensor on the CPU or on cpu like mu, got shape \[1\]"),
+    ({"nu": torch.tensor([5.0])}, r"nu must be a 0-d float32 or float64 tensor on the CPU or on cpu, or a \(4,\) one "
+     r"\(a value per datapoint\) on cpu like mu, got shape \[1\]"),
+    ({"nu": torch.tensor([5.0, 6.0, 2.0, 7.0], dtype=torch.float64)}, r"nu must be finite and > d - 1 = 2, got 2 at datapoint 2"),
+    ({"nu": torch.full((4,), 5.0, dtype=torch.float16)}, r"nu must be a 0-d float32 or float64 tensor .* dtype Half"),
     ({"nu": torch.tensor(5.0, dtype=torch.float16)}, r"nu must be a 0-d float32 or float64 tensor on the CPU .* dtype Half"),
     ({"prior_prec": torch.eye(3, dtype=torch.float64), "prior_logdet": float("nan")}, r"prior_logdet must be finite, got nan"),
     ({"prior_prec": torch.eye(2, dtype=torch.float64)}, r"prior_prec must have shape \(3, 3\)"),

@@ -90,9 +90,27 @@ def test_emulated_kernels_match_cpu_op(emu, d, k, prior, layout, constants, dtyp
         emu.set_variant(0)
 
 
-def check_paths(emu, d, k, prior, constants, dtype, n):
+@pytest.mark.parametrize(("d", "k", "prior", "layout"), [
+    (10, 1, "identity", "warp"), (10, 1, "identity", "thread"), (32, 1, "identity", "warp"), (7, 1, "scalar", "warp"),
+    (10, 3, "identity", "thread"), (4, 3, "full", "thread"),
+])
+@pytest.mark.parametrize("nu_dtype", [torch.float64, torch.float32])
+def test_emulated_kernels_per_datapoint_nu_match_cpu_op(emu, d, k, prior, layout, nu_dtype):
+    # nu (N,), runs of equal values as an ensemble lays them out: each thread or warp computes its
+    # datapoint's scalars (recomputing when nu changes), against the CPU op's per-run scalars.
+    emu.set_variant({"thread": 1, "warp": 2}[layout])
+    try:
+        check_paths(emu, d, k, prior, True, torch.float64, n=61, nu_rows=nu_dtype)
+    finally:
+        emu.set_variant(0)
+
+
+def check_paths(emu, d, k, prior, constants, dtype, n, nu_rows=None):
     mu, L, z, prec, scale, logdet = case(d, k, prior, dtype, n=n, nan_above=(d == 10))
     nu = torch.tensor(d + 3.5, dtype=torch.float64)
+    if nu_rows is not None:
+        values = torch.tensor([d - 0.5, d + 1.5, d + 7.0, 200.0], dtype=nu_rows)
+        nu = values.repeat_interleave((n + 3) // 4)[:n]
     args = (mu, L, z, nu, prec, scale, logdet, constants)
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     out_cpu, saved_cpu = OPS.regularizer_forward(*args)

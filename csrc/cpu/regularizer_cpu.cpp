@@ -122,12 +122,28 @@ CHY_DEFINE_CHUNKS(float)
 CHY_DEFINE_CHUNKS(double)
 #undef CHY_DEFINE_CHUNKS
 
+// Calls fn(params, begin, end) over [begin, end): once with the call's scalars, or, for a
+// per-datapoint nu, once per run of equal values (an ensemble's datapoints come grouped by member,
+// so a chunk computes the scalars about once per member).
+template <typename Fn>
+void over_runs(const PreparedCall& call, bool backward, int64_t begin, int64_t end, Fn&& fn) {
+  if (!call.nu_rows) return fn(call.params, begin, end);
+  auto nu_at = [&](int64_t i) { return call.nu_d != nullptr ? call.nu_d[i] : static_cast<double>(call.nu_f[i]); };
+  for (int64_t i = begin; i < end;) {
+    const double v = nu_at(i);
+    int64_t j = i + 1;
+    while (j < end && nu_at(j) == v) ++j;
+    fn(host_params(call.config, v, backward), i, j);
+    i = j;
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& mu_in, const at::Tensor& L_in,
                                                 const at::Tensor& z_in, const at::Tensor& nu,
                                                 const std::optional<at::Tensor>& prior_prec, double prior_scale,
                                                 double prior_logdet, bool constants, bool save) {
   ForwardCall f = begin_forward(mu_in, L_in, z_in, nu, prior_prec, prior_scale, prior_logdet, constants, save);
-  const RegParams p = f.call.params;
+  const RegConfig& cfg = f.call.config;
   const int64_t n = f.mu.size(0);
   if (n == 0) return {f.out, f.saved};
   const double* prec = f.call.prec.defined() ? f.call.prec.const_data_ptr<double>() : nullptr;
@@ -137,8 +153,10 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const at::Tensor& mu_in, const a
     const scalar_t* l_p = f.L.const_data_ptr<scalar_t>();
     const scalar_t* z_p = f.z.const_data_ptr<scalar_t>();
     scalar_t* out_p = f.out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, n, grain_for(p.d, p.K), [&](int64_t begin, int64_t end) {
-      forward_chunks(p, begin, end, mu_p, l_p, z_p, prec, out_p, saved_p);
+    at::parallel_for(0, n, grain_for(cfg.d, cfg.K), [&](int64_t begin, int64_t end) {
+      over_runs(f.call, false, begin, end, [&](const RegParams& rp, int64_t b, int64_t e) {
+        forward_chunks(rp, b, e, mu_p, l_p, z_p, prec, out_p, saved_p);
+      });
     });
   });
   return {f.out, f.saved};
@@ -162,7 +180,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_
     const std::optional<at::Tensor>& prior_prec, double prior_scale, double prior_logdet, bool constants,
     const std::optional<at::Tensor>& saved) {
   BackwardCall b = begin_backward(grad, mu, L, z, nu, prior_prec, prior_scale, prior_logdet, constants, saved);
-  const RegParams p = b.call.params;
+  const RegConfig& cfg = b.call.config;
   const int64_t n = b.mu.size(0);
   if (n == 0) return {b.g_mu, b.g_l, b.g_z, b.g_nu};
   const double* prec = b.call.prec.defined() ? b.call.prec.const_data_ptr<double>() : nullptr;
@@ -176,8 +194,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_
     scalar_t* gl_p = b.g_l.mutable_data_ptr<scalar_t>();
     scalar_t* gz_p = b.g_z.mutable_data_ptr<scalar_t>();
     double* gnu_p = b.g_nu.mutable_data_ptr<double>();
-    at::parallel_for(0, n, grain_for(p.d, p.K), [&](int64_t begin, int64_t end) {
-      backward_chunks(p, begin, end, g_p, g_stride, mu_p, l_p, z_p, prec, b.saved, gmu_p, gl_p, gz_p, gnu_p);
+    at::parallel_for(0, n, grain_for(cfg.d, cfg.K), [&](int64_t begin, int64_t end) {
+      over_runs(b.call, true, begin, end, [&](const RegParams& rp, int64_t b0, int64_t e0) {
+        backward_chunks(rp, b0, e0, g_p, g_stride, mu_p, l_p, z_p, prec, b.saved, gmu_p, gl_p, gz_p, gnu_p);
+      });
     });
   });
   return {b.g_mu, b.g_l, b.g_z, b.g_nu};

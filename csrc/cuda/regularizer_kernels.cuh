@@ -30,13 +30,33 @@ constexpr int kThreads = 128;  // a power of two (the block reduction halves it)
 // nu: in device memory, float32 or float64 (one pointer set), or already turned into the call's
 // scalars on the host (host_params, when nu was a CPU tensor: a fixed value, as torch treats a 0-d
 // CPU tensor given with CUDA tensors).
+// rows: one value per datapoint (an ensemble's members), read as read(i); the kernels compute each
+// datapoint's scalars (block_params is then not called).
 struct NuPtr {
   const float* f;
   const double* d;
   bool on_host;
   RegParams host_params;
-  CHY_HD double read() const { return d != nullptr ? *d : static_cast<double>(*f); }
+  bool rows;
+  CHY_HD double read(int64_t i = 0) const { return d != nullptr ? d[i] : static_cast<double>(f[i]); }
 };
+
+// Per-datapoint nu, a thread per datapoint: the scalars of datapoint i, recomputed only when its nu
+// differs from that of the thread's previous datapoint (a NaN nu is recomputed, and stays NaN).
+struct RowParamsCache {
+  double nu;
+  RegParams p;
+};
+
+__device__ inline const RegParams& row_params(const RegConfig& c, const NuPtr& nu, int64_t i, bool backward,
+                                              RowParamsCache& cache) {
+  const double v = nu.read(i);
+  if (!(v == cache.nu)) {
+    cache.p = reg_params_finish(c, v, reg_const_sum(c, v, backward), backward);
+    cache.nu = v;
+  }
+  return cache.p;
+}
 
 // The call's scalars. From the host's when nu was on the CPU (the same branch for the whole grid,
 // so no barrier is skipped by part of a block). Otherwise computed by the whole block from nu in
@@ -78,12 +98,14 @@ __global__ void __launch_bounds__(kThreads)
                                const T* __restrict__ L, const T* __restrict__ z, const double* __restrict__ prec,
                                double* __restrict__ ws, int64_t ws_size, double* __restrict__ saved,
                                T* __restrict__ out) {
-  const RegParams p = block_params(cfg, nu, false);
-  const int64_t d = p.d, kd = static_cast<int64_t>(p.K) * p.d;
+  const RegParams call_p = nu.rows ? RegParams{} : block_params(cfg, nu, false);  // uniform branch
+  RowParamsCache cache{NAN, call_p};
+  const int64_t d = cfg.d, kd = static_cast<int64_t>(cfg.K) * cfg.d;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   double* w = ws + tid * ws_size;
   for (int64_t i = tid; i < n; i += step) {
+    const RegParams& p = nu.rows ? row_params(cfg, nu, i, false, cache) : call_p;
     if (prec == nullptr && p.K == 1) {
       double* si = saved != nullptr ? saved + i * reg_iso1_saved_size(p.d) : w;
       out[i] = static_cast<T>(reg_forward_point_iso1<DS>(p, mu + i * d, L + i * d * d, z + i * d, si));
@@ -100,12 +122,14 @@ __global__ void __launch_bounds__(kThreads)
                                 const double* __restrict__ prec, const double* __restrict__ saved,
                                 double* __restrict__ ws, int64_t ws_size, T* __restrict__ g_mu,
                                 T* __restrict__ g_l, T* __restrict__ g_z, double* __restrict__ g_nu) {
-  const RegParams p = block_params(cfg, nu, true);
-  const int64_t d = p.d, kd = static_cast<int64_t>(p.K) * p.d;
+  const RegParams call_p = nu.rows ? RegParams{} : block_params(cfg, nu, true);  // uniform branch
+  RowParamsCache cache{NAN, call_p};
+  const int64_t d = cfg.d, kd = static_cast<int64_t>(cfg.K) * cfg.d;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   double* w = ws + tid * ws_size;
   for (int64_t i = tid; i < n; i += step) {
+    const RegParams& p = nu.rows ? row_params(cfg, nu, i, true, cache) : call_p;
     const double g = static_cast<double>(grad[i * grad_stride]);
     if (prec == nullptr && p.K == 1) {
       const double* si = saved != nullptr ? saved + i * reg_iso1_saved_size(p.d) : nullptr;
@@ -158,17 +182,33 @@ __device__ inline RegIso1Sums warp_iso1_sums(const RegParams& p, int lane, const
   return r;
 }
 
+// Per-datapoint nu, a warp per datapoint: lane j adds the constant's term j (d <= 32: one each),
+// recomputed only when datapoint i's nu differs from the warp's previous one. Every lane must call
+// it (all see the same nu, so the branch is uniform).
+__device__ inline void warp_row_params(const RegConfig& c, const NuPtr& nu, int64_t i, bool backward, int lane,
+                                       RowParamsCache& cache) {
+  const double v = nu.read(i);
+  if (v == cache.nu) return;
+  double t = 0.0;
+  if (c.constants)
+    for (int j = lane; j < c.d; j += kWarp) t += reg_const_term(v, c.K, j, backward);
+  cache.p = reg_params_finish(c, v, warp_sum(t), backward);
+  cache.nu = v;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     regularizer_forward_warp_kernel(RegConfig cfg, NuPtr nu, int64_t n, const T* __restrict__ mu,
                                     const T* __restrict__ L, const T* __restrict__ z, double* __restrict__ saved,
                                     T* __restrict__ out) {
-  const RegParams p = block_params(cfg, nu, false);
-  const int64_t d = p.d;
+  RowParamsCache cache{NAN, nu.rows ? RegParams{} : block_params(cfg, nu, false)};  // uniform branch
+  const RegParams& p = cache.p;
+  const int64_t d = cfg.d;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * blockDim.x / kWarp;
   for (int64_t i = warp; i < n; i += warps) {  // the same trip count for every lane of a warp
+    if (nu.rows) warp_row_params(cfg, nu, i, false, lane, cache);
     double w, sum_log_l;
     const RegIso1Sums r = warp_iso1_sums(p, lane, mu + i * d, L + i * d * d, z + i * d, w, sum_log_l);
     if (saved != nullptr) {
@@ -190,13 +230,15 @@ __global__ void __launch_bounds__(kThreads)
                                      const T* __restrict__ z, const double* __restrict__ saved,
                                      T* __restrict__ g_mu, T* __restrict__ g_l, T* __restrict__ g_z,
                                      double* __restrict__ g_nu) {
-  const RegParams p = block_params(cfg, nu, true);
-  const int d = p.d;
+  RowParamsCache cache{NAN, nu.rows ? RegParams{} : block_params(cfg, nu, true)};  // uniform branch
+  const RegParams& p = cache.p;
+  const int d = cfg.d;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * blockDim.x / kWarp;
-  const double pi = p.p_iso;
   for (int64_t i = warp; i < n; i += warps) {
+    if (nu.rows) warp_row_params(cfg, nu, i, true, lane, cache);
+    const double pi = p.p_iso;
     const T* mu_i = mu + i * d;
     const T* z_i = z + i * d;
     const T* L_i = L + i * static_cast<int64_t>(d) * d;

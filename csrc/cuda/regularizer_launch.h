@@ -18,7 +18,7 @@ namespace cuda_kernels {
 // host_params: whether a CPU nu's scalars, computed on the host, go to the kernels (the CUDA backend
 // always; the emulated test build chooses, to exercise the device-side computation too).
 inline NuPtr nu_ptr(const PreparedCall& call, bool host_params) {
-  return NuPtr{call.nu_f, call.nu_d, host_params && call.params_on_host, call.params};
+  return NuPtr{call.nu_f, call.nu_d, host_params && call.params_on_host && !call.nu_rows, call.params, call.nu_rows};
 }
 
 // max_blocks(kernel): the blocks of kThreads threads the device keeps resident for that kernel
