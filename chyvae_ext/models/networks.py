@@ -1,4 +1,10 @@
-"""The convolutional encoder and decoder shared by all models (SPEC 2; Kim & Mnih 2018, Higgins et al. 2017)."""
+"""The convolutional encoder and decoder shared by all models (SPEC 2; Kim & Mnih 2018, Higgins et al. 2017).
+
+Built with ``members=M``, the same networks hold M independent copies (an ensemble's members, see
+:mod:`chyvae_ext.models.ensemble`): every parameter gains a leading member dimension and keeps its
+name, so member m's state dict is the stacked one indexed at m. Convolutions run as one grouped
+convolution (member m's channels are group m), linear layers as one batched matrix product.
+"""
 
 from __future__ import annotations
 
@@ -6,44 +12,122 @@ import torch
 from torch import nn
 
 
-class Encoder(nn.Module):
-    """(N, C, 64, 64) -> (N, out_dim): conv 4x4/2 with 32, 32, 64, 64 channels, FC hidden, FC out."""
+class StackedLinear(nn.Module):
+    """M independent nn.Linear layers: (M, N, in) -> (M, N, out). weight (M, out, in), bias (M, out)."""
 
-    def __init__(self, channels: int, hidden: int, out_dim: int):
+    def __init__(self, members: int, in_features: int, out_features: int):
         super().__init__()
-        layers, c_in = [], channels
-        for c_out in (32, 32, 64, 64):
-            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
-            c_in = c_out
-        self.conv = nn.Sequential(*layers, nn.Flatten())
-        self.fc = nn.Sequential(nn.Linear(64 * 4 * 4, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+        layers = [nn.Linear(in_features, out_features) for _ in range(members)]  # each initialised as alone
+        self.weight = nn.Parameter(torch.stack([lin.weight.detach() for lin in layers]))
+        self.bias = nn.Parameter(torch.stack([lin.bias.detach() for lin in layers]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.conv(x))
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.mT)
+
+
+class StackedConv2d(nn.Module):
+    """M independent 4x4 stride-2 convolutions (or transposed ones) on member-grouped channels:
+    (N, M * in, H, W) -> (N, M * out, H', W'), member m reading channels [m * in, (m + 1) * in).
+    weight (M, out, in, 4, 4), or (M, in, out, 4, 4) transposed, as nn.Conv2d / nn.ConvTranspose2d
+    hold theirs; bias (M, out)."""
+
+    def __init__(self, members: int, in_channels: int, out_channels: int, *, transposed: bool = False):
+        super().__init__()
+        cls = nn.ConvTranspose2d if transposed else nn.Conv2d
+        layers = [cls(in_channels, out_channels, 4, stride=2, padding=1) for _ in range(members)]
+        self.weight = nn.Parameter(torch.stack([c.weight.detach() for c in layers]))
+        self.bias = nn.Parameter(torch.stack([c.bias.detach() for c in layers]))
+        self.transposed = transposed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.weight.shape[0]
+        w, b = self.weight.flatten(0, 1), self.bias.flatten()
+        conv = nn.functional.conv_transpose2d if self.transposed else nn.functional.conv2d
+        return conv(x, w, b, stride=2, padding=1, groups=m)
+
+
+def members_to_channels(x: torch.Tensor) -> torch.Tensor:
+    """(M, N, C, H, W) -> (N, M * C, H, W), channels_last (the grouped convolutions' fast layout on
+    the CPU, measured: benchmarks/RESULTS.md)."""
+    m, n, c, h, w = x.shape
+    out = x.transpose(0, 1).reshape(n, m * c, h, w)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+def channels_to_members(x: torch.Tensor, members: int) -> torch.Tensor:
+    """(N, M * C, H, W) -> (M, N, C, H, W), a view."""
+    n, mc, h, w = x.shape
+    return x.reshape(n, members, mc // members, h, w).transpose(0, 1)
+
+
+class Encoder(nn.Module):
+    """(N, C, 64, 64) -> (N, out_dim): conv 4x4/2 with 32, 32, 64, 64 channels, FC hidden, FC out.
+
+    With members=M: (M, N, C, 64, 64) -> (M, N, out_dim), or (N, C, 64, 64) -> (M, N, out_dim) (the
+    same images through every member).
+    """
+
+    def __init__(self, channels: int, hidden: int, out_dim: int, *, members: int | None = None):
+        super().__init__()
+        self.members = members
+        layers, c_in = [], channels
+        for c_out in (32, 32, 64, 64):
+            if members is None:
+                conv = nn.Conv2d(c_in, c_out, 4, stride=2, padding=1)
+            else:
+                conv = StackedConv2d(members, c_in, c_out)
+            layers += [conv, nn.ReLU(inplace=True)]
+            c_in = c_out
+        self.conv = nn.Sequential(*layers, nn.Flatten() if members is None else nn.Identity())
+        linear = nn.Linear if members is None else (lambda i, o: StackedLinear(members, i, o))
+        self.fc = nn.Sequential(linear(64 * 4 * 4, hidden), nn.ReLU(inplace=True), linear(hidden, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.members is None:
+            return self.fc(self.conv(x))
+        if x.dim() == 4:
+            x = x.unsqueeze(0).expand(self.members, *x.shape)
+        h = self.conv(members_to_channels(x))  # (N, M * 64, 4, 4)
+        n = h.shape[0]
+        return self.fc(h.reshape(n, self.members, 64 * 4 * 4).transpose(0, 1))
 
 
 class Decoder(nn.Module):
-    """(N, d) -> (N, C, 64, 64) logits: FC hidden, FC 1024, transposed conv 4x4/2 with 64, 32, 32, C."""
+    """(N, d) -> (N, C, 64, 64) logits: FC hidden, FC 1024, transposed conv 4x4/2 with 64, 32, 32, C.
 
-    def __init__(self, latent_dim: int, hidden: int, channels: int):
+    With members=M: (M, N, d) -> (M, N, C, 64, 64).
+    """
+
+    def __init__(self, latent_dim: int, hidden: int, channels: int, *, members: int | None = None):
         super().__init__()
+        self.members = members
+        linear = nn.Linear if members is None else (lambda i, o: StackedLinear(members, i, o))
         self.fc = nn.Sequential(
-            nn.Linear(latent_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 64 * 4 * 4), nn.ReLU(inplace=True)
+            linear(latent_dim, hidden), nn.ReLU(inplace=True), linear(hidden, 64 * 4 * 4), nn.ReLU(inplace=True)
         )
         layers, c_in = [], 64
         for i, c_out in enumerate((64, 32, 32, channels)):
-            layers.append(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1))
+            if members is None:
+                layers.append(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1))
+            else:
+                layers.append(StackedConv2d(members, c_in, c_out, transposed=True))
             if i < 3:
                 layers.append(nn.ReLU(inplace=True))
             c_in = c_out
         self.deconv = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.deconv(self.fc(z).reshape(-1, 64, 4, 4))
+        if self.members is None:
+            return self.deconv(self.fc(z).reshape(-1, 64, 4, 4))
+        h = self.fc(z)  # (M, N, 1024)
+        m, n = h.shape[:2]
+        h = h.transpose(0, 1).reshape(n, m * 64, 4, 4).contiguous(memory_format=torch.channels_last)
+        return channels_to_members(self.deconv(h), m)
 
 
 def reconstruction_error(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Bernoulli negative log-likelihood summed over pixels, per datapoint (N,), in nats."""
+    """Bernoulli negative log-likelihood summed over pixels, per datapoint, in nats: (N,) for
+    (N, C, H, W) images, (M, N) for an ensemble's (M, N, C, H, W)."""
     if logits.dtype in (torch.bfloat16, torch.float16):  # the likelihood in float32 under autocast
         logits, x = logits.float(), x.float()
-    return nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+    return nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(-3).sum(-1)

@@ -4,6 +4,12 @@
 minimises), ``recon`` (BCE summed over pixels, mean over the batch), ``neg_elbo`` (a true upper
 bound on -log p(x), mean over the batch) and the model's own terms. ``encode(x)`` gives posterior
 means, ``decode(z)`` logits.
+
+Built with ``members=M`` a model is M independent models in one (an ensemble, see
+:mod:`chyvae_ext.models.ensemble`): images are (M, N, C, 64, 64), every term is (M,) (one per
+member), the hyperparameters may differ per member (a sequence of M values), and the random draws
+take one generator per member. The loss code is the same for both: batch reductions run over the
+last batch dimension.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from torch import nn
 
 from .._validate import PriorCov
 from ..ops import chyvae_regularizer
-from .networks import Decoder, Encoder, reconstruction_error
+from .networks import Decoder, Encoder, StackedLinear, reconstruction_error
 
 Noise = tuple[torch.Tensor, ...]
+Generators = torch.Generator | list[torch.Generator] | None
 
 
 def _check_positive(name: str, value: object, *, minimum: float = 0.0, integer: bool = False) -> None:
@@ -27,39 +34,74 @@ def _check_positive(name: str, value: object, *, minimum: float = 0.0, integer: 
         raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} > {minimum:g}, got {value!r}")
 
 
+def _hyper(name: str, value: object, members: int | None, *, minimum: float = 0.0) -> list[float] | float:
+    """A hyperparameter: one number, or with members=M a number or M numbers (a list of M floats)."""
+    if members is not None and isinstance(value, (list, tuple, torch.Tensor)):
+        values = [float(v) for v in value] if not isinstance(value, torch.Tensor) else value.tolist()
+        if len(values) != members:
+            raise ValueError(f"{name} must have one value per member ({members}), got {len(values)}")
+        for v in values:
+            _check_positive(name, v, minimum=minimum)
+        return values
+    _check_positive(name, value, minimum=minimum)
+    return float(value) if members is None else [float(value)] * members
+
+
 def _full_precision(t: torch.Tensor) -> torch.Tensor:
     """The heads and losses run in float32 when the networks run under bf16/fp16 autocast."""
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
 class _Base(nn.Module):
-    def __init__(self, latent_dim: int, channels: int, hidden: int, head_dim: int):
+    def __init__(self, latent_dim: int, channels: int, hidden: int, head_dim: int, members: int | None = None):
         super().__init__()
         _check_positive("latent_dim", latent_dim, integer=True)
         _check_positive("channels", channels, integer=True)
         _check_positive("hidden", hidden, integer=True)
-        self.latent_dim, self.channels, self.hidden = latent_dim, channels, hidden
-        self.encoder = Encoder(channels, hidden, head_dim)
-        self.decoder = Decoder(latent_dim, hidden, channels)
+        if members is not None:
+            _check_positive("members", members, integer=True)
+        self.latent_dim, self.channels, self.hidden, self.members = latent_dim, channels, hidden, members
+        self.encoder = Encoder(channels, hidden, head_dim, members=members)
+        self.decoder = Decoder(latent_dim, hidden, channels, members=members)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
+    def _member_values(self, name: str, values: list[float] | float) -> float:
+        """A per-member hyperparameter kept as a (M,) float32 buffer that moves with the model and
+        leaves the state dict as it is; a lone model's stays a float."""
+        if self.members is None:
+            return values
+        self.register_buffer(name, torch.tensor(values, dtype=torch.float32), persistent=False)
+        return getattr(self, name)
+
     def check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1:] != (self.channels, 64, 64):
-            raise ValueError(f"x must have shape (N, {self.channels}, 64, 64), got {tuple(x.shape)}")
+        if self.members is None:
+            if x.dim() != 4 or x.shape[1:] != (self.channels, 64, 64):
+                raise ValueError(f"x must have shape (N, {self.channels}, 64, 64), got {tuple(x.shape)}")
+        elif x.dim() != 5 or x.shape[0] != self.members or x.shape[2:] != (self.channels, 64, 64):
+            raise ValueError(
+                f"x must have shape ({self.members}, N, {self.channels}, 64, 64) (one batch per member), "
+                f"got {tuple(x.shape)}"
+            )
 
     def sample_noise(
-        self, n: int, device: torch.device | str, generator: torch.Generator | None = None
+        self, n: int, device: torch.device | str, generator: Generators = None
     ) -> tuple[torch.Tensor, ...]:
         """The standard-normal draws ``loss`` makes for a batch of n, in the order it makes them.
 
         Drawing them outside and passing ``loss(x, noise=...)`` gives the same result as
         ``loss(x, generator=...)``; compiled training steps do this, since a torch.Generator cannot
-        enter a compiled graph.
+        enter a compiled graph. An ensemble takes a list of generators, one per member, and draws
+        each member's noise with its own as the lone model would (stacked on a leading dimension).
         """
         dtype = self.decoder.fc[0].weight.dtype  # the parameters' dtype (heads run in it under autocast)
-        return tuple(torch.randn(s, generator=generator, device=device, dtype=dtype) for s in self._noise_shapes(n))
+        shapes = self._noise_shapes(n)
+        if self.members is None:
+            return tuple(torch.randn(s, generator=generator, device=device, dtype=dtype) for s in shapes)
+        gens = _member_generators(generator, self.members)
+        draws = [[torch.randn(s, generator=g, device=device, dtype=dtype) for s in shapes] for g in gens]
+        return tuple(torch.stack(ts) for ts in zip(*draws, strict=True))
 
     def _noise_shapes(self, n: int) -> list[tuple[int, ...]]:
         return [(n, self.latent_dim)]
@@ -68,6 +110,8 @@ class _Base(nn.Module):
         if noise is None:
             return self.sample_noise(n, like.device, generator)
         shapes = self._noise_shapes(n)
+        if self.members is not None:
+            shapes = [(self.members, *s) for s in shapes]
         if len(noise) != len(shapes) or any(tuple(t.shape) != s for t, s in zip(noise, shapes, strict=False)):
             got = [tuple(t.shape) for t in noise]
             raise ValueError(f"noise must be tensors of shapes {shapes} (from sample_noise), got {got}")
@@ -77,14 +121,21 @@ class _Base(nn.Module):
 class BetaVAE(_Base):
     """q(z|x) = N(mu, diag sigma^2); loss = BCE + beta KL(q || N(0, I)); beta = 1 is the plain VAE."""
 
-    def __init__(self, latent_dim: int = 10, channels: int = 1, hidden: int = 128, *, beta: float = 1.0):
-        super().__init__(latent_dim, channels, hidden, 2 * latent_dim)
-        _check_positive("beta", beta)
-        self.beta = float(beta)
+    def __init__(
+        self,
+        latent_dim: int = 10,
+        channels: int = 1,
+        hidden: int = 128,
+        *,
+        beta: float | list[float] = 1.0,
+        members: int | None = None,
+    ):
+        super().__init__(latent_dim, channels, hidden, 2 * latent_dim, members)
+        self.beta = self._member_values("beta", _hyper("beta", beta, members))
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = _full_precision(self.encoder(x))
-        return h[:, : self.latent_dim], h[:, self.latent_dim :]  # mu, log sigma^2
+        return h[..., : self.latent_dim], h[..., self.latent_dim :]  # mu, log sigma^2
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.posterior(x)[0]
@@ -94,24 +145,40 @@ class BetaVAE(_Base):
     ) -> dict[str, torch.Tensor]:
         self.check_input(x)
         mu, logvar = self.posterior(x)
-        (eps,) = self._take_noise(len(x), mu, generator, noise)
+        (eps,) = self._take_noise(x.shape[-4], mu, generator, noise)
         z = mu + torch.exp(0.5 * logvar) * eps
         recon = reconstruction_error(self.decoder(z), x)
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
         return {
-            "loss": (recon + self.beta * kl).mean(),
-            "recon": recon.mean(),
-            "kl": kl.mean(),
-            "neg_elbo": (recon + kl).mean(),
+            "loss": (recon + (self.beta if self.members is None else self.beta[:, None]) * kl).mean(-1),
+            "recon": recon.mean(-1),
+            "kl": kl.mean(-1),
+            "neg_elbo": (recon + kl).mean(-1),
             "z": z,
         }
 
 
-def permute_dims(z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Each latent dimension shuffled independently across the batch (Kim & Mnih 2018)."""
-    n, d = z.shape
-    idx = torch.argsort(torch.rand(n, d, generator=generator, device=z.device), dim=0)
-    return torch.gather(z, 0, idx)
+def _member_generators(generator: Generators, members: int) -> list[torch.Generator | None]:
+    if generator is None:
+        return [None] * members
+    if isinstance(generator, torch.Generator) or len(generator) != members:
+        raise ValueError(
+            f"an ensemble of {members} members draws with one generator per member (a list), got {generator!r}"
+        )
+    return list(generator)
+
+
+def permute_dims(z: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+    """Each latent dimension shuffled independently across the batch (Kim & Mnih 2018).
+
+    z: (N, d), or an ensemble's (M, N, d) with a list of M generators (member m's shuffle drawn with
+    its generator as its lone model draws it)."""
+    if z.dim() == 2:
+        u = torch.rand(z.shape, generator=generator, device=z.device)
+    else:
+        gens = _member_generators(generator, z.shape[0])
+        u = torch.stack([torch.rand(z.shape[1:], generator=g, device=z.device) for g in gens])
+    return torch.gather(z, -2, torch.argsort(u, dim=-2))
 
 
 class FactorVAE(BetaVAE):
@@ -123,39 +190,37 @@ class FactorVAE(BetaVAE):
         channels: int = 1,
         hidden: int = 128,
         *,
-        gamma: float = 10.0,
+        gamma: float | list[float] = 10.0,
         disc_hidden: int = 1000,
         disc_layers: int = 6,
+        members: int | None = None,
     ):
-        super().__init__(latent_dim, channels, hidden, beta=1.0)
-        _check_positive("gamma", gamma)
-        self.gamma = float(gamma)
+        super().__init__(latent_dim, channels, hidden, beta=1.0, members=members)
+        self.gamma = self._member_values("gamma", _hyper("gamma", gamma, members))
+        linear = nn.Linear if members is None else (lambda i, o: StackedLinear(members, i, o))
         layers, d_in = [], latent_dim
         for _ in range(disc_layers):
-            layers += [nn.Linear(d_in, disc_hidden), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [linear(d_in, disc_hidden), nn.LeakyReLU(0.2, inplace=True)]
             d_in = disc_hidden
-        self.discriminator = nn.Sequential(*layers, nn.Linear(d_in, 2))
+        self.discriminator = nn.Sequential(*layers, linear(d_in, 2))
 
     def loss(
         self, x: torch.Tensor, *, generator: torch.Generator | None = None, noise: Noise | None = None
     ) -> dict[str, torch.Tensor]:
         out = super().loss(x, generator=generator, noise=noise)
         logits = self.discriminator(out["z"])
-        tc = (logits[:, 0] - logits[:, 1]).mean()
+        tc = (logits[..., 0] - logits[..., 1]).mean(-1)
         out["tc"] = tc
         out["loss"] = out["recon"] + out["kl"] + self.gamma * tc
         return out
 
-    def discriminator_loss(
-        self, z: torch.Tensor, z_other: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Cross-entropy of D on z (label 0) against permute_dims(z_other) (label 1); z's are detached."""
+    def discriminator_loss(self, z: torch.Tensor, z_other: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+        """Cross-entropy of D on z (label 0) against permute_dims(z_other) (label 1); z's are detached.
+        One value per member for an ensemble."""
         real = self.discriminator(z.detach())
         fake = self.discriminator(permute_dims(z_other.detach(), generator))
-        zeros = torch.zeros(len(real), dtype=torch.long, device=real.device)
-        ones = torch.ones(len(fake), dtype=torch.long, device=fake.device)
-        ce = nn.functional.cross_entropy
-        return 0.5 * (ce(real, zeros) + ce(fake, ones))
+        log_softmax = nn.functional.log_softmax
+        return -0.5 * (log_softmax(real, -1)[..., 0].mean(-1) + log_softmax(fake, -1)[..., 1].mean(-1))
 
 
 class CHyVAE(_Base):
@@ -177,23 +242,41 @@ class CHyVAE(_Base):
         num_samples: int = 1,
         learn_nu: bool = False,
         impl: str = "auto",
+        members: int | None = None,
     ):
-        super().__init__(latent_dim, channels, hidden, latent_dim + latent_dim * latent_dim)
-        _check_positive("nu", nu, minimum=latent_dim - 1)
+        super().__init__(latent_dim, channels, hidden, latent_dim + latent_dim * latent_dim, members)
+        nu = _hyper("nu", nu, members, minimum=latent_dim - 1)
         _check_positive("num_samples", num_samples, integer=True)
         self.num_samples, self.impl, self.learn_nu = num_samples, impl, bool(learn_nu)
         self._nu_floor = latent_dim - 1 + 1e-3  # strictly above d - 1 even in float32
         self.set_prior_cov(prior_cov)
         self.register_load_state_dict_post_hook(_rederive_prior)
-        self._nu_fixed = float(nu)
+        if members is None:
+            self._nu_fixed = nu
+        else:  # float64, as a lone model's float nu reaches the op
+            self.register_buffer("_nu_fixed", torch.tensor(nu, dtype=torch.float64), persistent=False)
         if self.learn_nu:
-            if nu <= self._nu_floor:
-                raise ValueError(f"with learn_nu=True, nu must start above d - 1 + 1e-3 = {self._nu_floor}, got {nu}")
-            self.nu_raw = nn.Parameter(torch.tensor(math.log(math.expm1(nu - self._nu_floor)), dtype=torch.float32))
+            starts = nu if members is not None else [nu]
+            for v in starts:
+                if v <= self._nu_floor:
+                    floor = self._nu_floor
+                    raise ValueError(f"with learn_nu=True, nu must start above d - 1 + 1e-3 = {floor}, got {v}")
+            raw = [math.log(math.expm1(v - self._nu_floor)) for v in starts]
+            self.nu_raw = nn.Parameter(torch.tensor(raw if members is not None else raw[0], dtype=torch.float32))
+
+    def _apply(self, fn, recurse=True):
+        # An ensemble's fixed nu moves with the model but stays float64 (as a lone model's float
+        # reaches the op): model.float() must not round nu = 12.3.
+        nu = self._buffers.get("_nu_fixed")
+        out = super()._apply(fn, recurse)
+        if nu is not None:
+            self._buffers["_nu_fixed"] = nu.to(self._buffers["_nu_fixed"].device)
+        return out
 
     @property
     def nu(self) -> torch.Tensor | float:
-        """nu: a float when fixed, else a 0-d tensor on the model's device (never read back to the host)."""
+        """nu: a float when fixed, else a 0-d tensor on the model's device (never read back to the host);
+        an ensemble's: a (M,) tensor."""
         if self.learn_nu:
             return self._nu_floor + nn.functional.softplus(self.nu_raw)
         return self._nu_fixed
@@ -231,7 +314,7 @@ class CHyVAE(_Base):
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.latent_dim
         h = _full_precision(self.encoder(x))
-        mu, a = h[:, :d], h[:, d:].reshape(-1, d, d)
+        mu, a = h[..., :d], h[..., d:].reshape(*h.shape[:-1], d, d)
         diag = nn.functional.softplus(torch.diagonal(a, dim1=-2, dim2=-1)) + 1e-4
         return mu, torch.tril(a, -1) + torch.diag_embed(diag)
 
@@ -246,16 +329,27 @@ class CHyVAE(_Base):
     ) -> dict[str, torch.Tensor]:
         self.check_input(x)
         mu, L = self.posterior(x)
-        eps, eps_k = self._take_noise(len(x), mu, generator, noise)
+        n, d = x.shape[-4], self.latent_dim
+        eps, eps_k = self._take_noise(n, mu, generator, noise)
         z = mu + (L @ eps).squeeze(-1)
-        zs = mu[:, None] + (L[:, None] @ eps_k).squeeze(-1)
+        zs = mu.unsqueeze(-2) + (L.unsqueeze(-3) @ eps_k).squeeze(-1)
         recon = reconstruction_error(self.decoder(z), x)
-        reg = chyvae_regularizer(mu.float(), L.float(), zs.float(), self.nu, self._prior_arg(), impl=self.impl)
+        nu = self.nu
+        if self.members is not None:  # every member's datapoints in one call, each with its member's nu
+            nu = nu.repeat_interleave(n)
+        reg = chyvae_regularizer(
+            _full_precision(mu).reshape(-1, d),  # float32 under autocast; a float64 model's stays float64
+            _full_precision(L).reshape(-1, d, d),
+            _full_precision(zs).reshape(-1, self.num_samples, d),
+            nu,
+            self._prior_arg(),
+            impl=self.impl,
+        ).reshape(recon.shape)
         return {
-            "loss": (recon - reg).mean(),
-            "recon": recon.mean(),
-            "regularizer": reg.mean(),
-            "neg_elbo": (recon - reg).mean(),
+            "loss": (recon - reg).mean(-1),
+            "recon": recon.mean(-1),
+            "regularizer": reg.mean(-1),
+            "neg_elbo": (recon - reg).mean(-1),
             "z": z,
         }
 

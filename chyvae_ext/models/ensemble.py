@@ -1,0 +1,194 @@
+"""Ensembles: M independent models of one kind and shape trained as one batched model.
+
+How. Every model here takes ``members=M``: its networks then hold M copies of each parameter
+stacked on a leading dimension, under the lone model's parameter names (``encoder.conv.0.weight``
+is (M, 32, C, 4, 4) where a lone model's is (32, C, 4, 4)). A convolution runs as one grouped
+convolution whose group m is member m's channels, a linear layer as one batched matrix product,
+and the loss code is the lone model's (it reduces over the last batch dimension), so every term
+comes out per member, (M,). The CHyVAE regulariser takes all members' datapoints in one call, each
+with its member's nu (nu of shape (N,)). Explicit stacked layers rather than torch.func's vmap:
+the grouped convolutions are what vmap would build, but written out they compile, pick their
+memory layout (channels-last, the faster one on the CPU for grouped convolutions, measured) and
+keep the state dict's names.
+
+What is shared and what is not. Members share only the shapes (model kind, dataset, z_dim,
+hidden, batch size, K) and the step counter; each has its own parameters, hyperparameters (beta,
+gamma, nu, learned nu), optimiser state (Adam is elementwise: member m's state is the stacked
+state at m), data order and noise (one generator per member, drawn as its lone run draws). Member
+m's gradient is its lone gradient: the summed loss's gradient with respect to m's parameters is
+m's own loss's.
+
+``stack_models(models)`` builds an ensemble from lone models (the lone runs' initialisations),
+``member_state_dict(ensemble, m)`` gives back member m as a lone model's state dict,
+``load_member_state_dict`` puts one in, and ``select_members`` keeps some members only (a failed
+member leaves the ensemble). The optimiser helpers do the same for torch.optim.Adam's state.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .vae import BetaVAE, CHyVAE, FactorVAE
+
+__all__ = [
+    "load_member_optimizer_states",
+    "load_member_state_dict",
+    "member_optimizer_state",
+    "member_state_dict",
+    "select_members",
+    "select_optimizer_members",
+    "stack_models",
+]
+
+
+def _shape_of(model: nn.Module) -> dict:
+    shape = {"class": type(model).__name__, "latent_dim": model.latent_dim, "channels": model.channels,
+             "hidden": model.hidden}
+    if isinstance(model, CHyVAE):
+        shape.update(num_samples=model.num_samples, learn_nu=model.learn_nu, impl=model.impl)
+    if isinstance(model, FactorVAE):
+        shape.update(disc=[tuple(p.shape) for p in model.discriminator.parameters()])
+    return shape
+
+
+def stack_models(models: list[nn.Module]) -> nn.Module:
+    """One ensemble holding ``models`` as its members, in order, with their parameters and
+    hyperparameters (copies: the lone models are left as they are). They must be lone models of
+    one class and shape; a CHyVAE prior covariance must be the same for all."""
+    if not models:
+        raise ValueError("stack_models: models must hold at least one model, got none")
+    first = models[0]
+    for i, m in enumerate(models):
+        if not isinstance(m, (BetaVAE, CHyVAE)) or m.members is not None:
+            raise ValueError(f"stack_models: models[{i}] must be a lone BetaVAE, FactorVAE or CHyVAE, got {m!r:.80}")
+        if _shape_of(m) != _shape_of(first):
+            raise ValueError(
+                f"stack_models: models[{i}] differs in kind or shape from models[0]: {_shape_of(m)} vs {_shape_of(first)}"
+            )
+    size = len(models)
+    common = {"latent_dim": first.latent_dim, "channels": first.channels, "hidden": first.hidden, "members": size}
+    if isinstance(first, CHyVAE):
+        prior = first.prior_cov
+        for i, m in enumerate(models):
+            same = (m.prior_cov is None and prior is None) or (
+                torch.is_tensor(prior) and torch.is_tensor(m.prior_cov) and torch.equal(m.prior_cov, prior)
+            ) or (not torch.is_tensor(prior) and m.prior_cov == prior)
+            if not same:
+                raise ValueError(f"stack_models: models[{i}] has another prior_cov than models[0]")
+        nus = [float(torch.as_tensor(m.nu).detach()) for m in models]
+        ens = CHyVAE(**common, nu=nus, num_samples=first.num_samples, learn_nu=first.learn_nu, impl=first.impl,
+                     prior_cov=prior.detach().cpu() if torch.is_tensor(prior) else prior)
+    elif isinstance(first, FactorVAE):
+        ens = FactorVAE(**common, gamma=[m.gamma for m in models], disc_hidden=first.discriminator[0].out_features,
+                        disc_layers=(len(first.discriminator) - 1) // 2)
+    else:
+        ens = BetaVAE(**common, beta=[m.beta for m in models])
+    lone_params = [dict(m.named_parameters()) for m in models]
+    param = next(first.parameters())
+    ens = ens.to(dtype=param.dtype)
+    with torch.no_grad():
+        for name, p in ens.named_parameters():
+            p.copy_(torch.stack([lp[name].detach().cpu() for lp in lone_params]))
+    return ens.to(device=param.device)
+
+
+def _stacked_names(ens: nn.Module) -> set[str]:
+    if getattr(ens, "members", None) is None:
+        raise ValueError(f"expected an ensemble (a model built with members=M), got {type(ens).__name__} without members")
+    return {name for name, _ in ens.named_parameters()}
+
+
+def member_state_dict(ens: nn.Module, m: int) -> dict[str, torch.Tensor]:
+    """Member m's parameters and buffers as its lone model's ``state_dict()`` (copies)."""
+    stacked = _stacked_names(ens)
+    _check_member(ens, m)
+    return {k: (v[m] if k in stacked else v).detach().clone() for k, v in ens.state_dict().items()}
+
+
+def load_member_state_dict(ens: nn.Module, m: int, state: dict[str, torch.Tensor]) -> None:
+    """Puts a lone model's state dict into member m (a CHyVAE prior covariance must match)."""
+    stacked = _stacked_names(ens)
+    _check_member(ens, m)
+    own = ens.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"load_member_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+    with torch.no_grad():
+        for k, v in state.items():
+            if k in stacked:
+                if tuple(v.shape) != tuple(own[k].shape[1:]):
+                    raise ValueError(f"load_member_state_dict: {k} has shape {tuple(v.shape)}, "
+                                     f"expected {tuple(own[k].shape[1:])}")
+                own[k][m].copy_(v)
+            elif not torch.equal(v.to(own[k].device), own[k]):
+                raise ValueError(f"load_member_state_dict: {k} is shared by the members and differs")
+
+
+def _check_member(ens: nn.Module, m: int) -> None:
+    if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m < ens.members:
+        raise ValueError(f"member must be an integer in [0, {ens.members}), got {m!r}")
+
+
+def select_members(ens: nn.Module, keep: list[int]) -> None:
+    """Keeps only the members ``keep`` (in that order), in place: parameters (the same Parameter
+    objects, so an optimiser keeps them; see select_optimizer_members) and per-member buffers."""
+    stacked = _stacked_names(ens)
+    if not keep or any(not 0 <= i < ens.members for i in keep):
+        raise ValueError(f"keep must list members in [0, {ens.members}), got {keep}")
+    index = torch.tensor(keep)
+    with torch.no_grad():
+        for name, p in ens.named_parameters():
+            p.data = p.data[index.to(p.device)]
+            p.grad = None
+        for name in _per_member_buffers(ens):  # beta, gamma, fixed nu: (M, ...) at the top level
+            b = ens._buffers[name]
+            ens._buffers[name] = b[index.to(b.device)]
+    for module in ens.modules():
+        if getattr(module, "members", None) is not None:
+            module.members = len(keep)
+
+
+def _per_member_buffers(ens: nn.Module) -> set[str]:
+    return {n for n in ("beta", "gamma", "_nu_fixed") if isinstance(ens._buffers.get(n), torch.Tensor)}
+
+
+def member_optimizer_state(opt: torch.optim.Optimizer, m: int) -> dict:
+    """Member m's part of an optimiser over an ensemble's parameters, as its lone optimiser's
+    ``state_dict()``: per-parameter tensors with the member dimension are indexed at m, scalars
+    (Adam's step) copied."""
+    state = opt.state_dict()
+    return {
+        "state": {i: {k: (v[m].clone() if torch.is_tensor(v) and v.dim() > 0 else copy.deepcopy(v)) for k, v in s.items()}
+                  for i, s in state["state"].items()},
+        "param_groups": copy.deepcopy(state["param_groups"]),
+    }
+
+
+def load_member_optimizer_states(opt: torch.optim.Optimizer, states: list[dict]) -> None:
+    """Loads the lone optimisers' ``state_dict()``s of all members, in member order, into an
+    optimiser over the ensemble's parameters. Their scalar state (Adam's step) must agree."""
+    first = states[0]
+    stacked: dict = {"param_groups": copy.deepcopy(first["param_groups"]), "state": {}}
+    for i in first["state"]:
+        entry = {}
+        for k, v in first["state"][i].items():
+            values = [s["state"][i][k] for s in states]
+            if torch.is_tensor(v) and v.dim() > 0:
+                entry[k] = torch.stack(values)
+            else:
+                if any(not torch.equal(torch.as_tensor(x), torch.as_tensor(v)) for x in values):
+                    raise ValueError(f"load_member_optimizer_states: the members' optimiser {k!r} differs: {values}")
+                entry[k] = v
+        stacked["state"][i] = entry
+    opt.load_state_dict(stacked)
+
+
+def select_optimizer_members(opt: torch.optim.Optimizer, keep: list[int]) -> None:
+    """Keeps the optimiser state of members ``keep`` only (after select_members on its parameters)."""
+    for state in opt.state.values():
+        for k, v in state.items():
+            if torch.is_tensor(v) and v.dim() > 0:
+                state[k] = v[torch.tensor(keep, device=v.device)]
