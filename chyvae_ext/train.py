@@ -34,8 +34,17 @@ import torch
 from ._checks import check_int
 from .data import DataError, get_dataset
 from .data.base import GroundTruthDataset
-from .metrics import PROTOCOLS, make_encoder, parse_metrics, score
+from .metrics import PROTOCOLS, SharedEncodings, make_encoder, parse_metrics, score
 from .models import BetaVAE, CHyVAE, FactorVAE
+from .models.ensemble import (
+    load_member_optimizer_states,
+    load_member_state_dict,
+    member_optimizer_state,
+    member_state_dict,
+    select_members,
+    select_optimizer_members,
+    stack_models,
+)
 from .plots import save_curves, save_model_pictures
 from .runfiles import read_metrics
 
@@ -179,6 +188,23 @@ def held_out_terms(model: torch.nn.Module, held_out: torch.Tensor, *, bf16: bool
     return {k: float(v) for k, v in out.items() if k not in ("z", "loss")}
 
 
+def member_held_out_terms(model: torch.nn.Module, held_out: torch.Tensor, *, bf16: bool) -> list[dict[str, float]]:
+    """held_out_terms for each member: a lone model's one dict; an ensemble's one per member, each
+    member on the same images with the lone run's fixed noise (its own generator seeded 0)."""
+    members = getattr(model, "members", None)
+    if members is None:
+        return [held_out_terms(model, held_out, bf16=bf16)]
+    device = held_out.device
+    gens = [torch.Generator(device=device).manual_seed(0) for _ in range(members)]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model.loss(held_out.unsqueeze(0).expand(members, *held_out.shape), generator=gens)
+    model.train(was_training)
+    values = {k: v.float().tolist() for k, v in out.items() if k not in ("z", "loss")}
+    return [{k: v[i] for k, v in values.items()} for i in range(members)]
+
+
 def load_config_file(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
@@ -301,7 +327,10 @@ def adam_update(params: list[torch.Tensor], grads, opt: torch.optim.Adam) -> Non
 def make_step(model, opt, opt_d, batches, noise_gen, *, bf16: bool, compile: str | None = None):
     """One optimisation step (two for FactorVAE: the VAE, then its discriminator) as a closure.
 
-    Returns the step's loss terms as tensors; nothing here waits for the device.
+    Returns the step's loss terms as tensors; nothing here waits for the device. For an ensemble
+    (a model built with members=M), ``batches`` yields (M, N, C, H, W), ``noise_gen`` is a list of
+    M generators (read at every step: the trainer shortens it in place when a member leaves), and
+    the terms are (M,).
 
     compile: None (eager) or a torch.compile backend ("inductor"; "aot_eager" checks graph capture
     without generating code). Compiled, the noise is drawn outside the graph (model.sample_noise,
@@ -320,7 +349,8 @@ def make_step(model, opt, opt_d, batches, noise_gen, *, bf16: bool, compile: str
         x = next(batches)
         # channels_last helps eager bf16 convolutions; compiled, Inductor chooses the layouts itself
         # (and torch 2.11's Inductor mis-strided a channels_last convolution backward in a CUDA graph).
-        return x.contiguous(memory_format=torch.channels_last) if bf16 and compile is None else x
+        # An ensemble's (M, N, C, H, W) batches are laid out by its grouped convolutions.
+        return x.contiguous(memory_format=torch.channels_last) if bf16 and compile is None and x.dim() == 4 else x
 
     def loss_fn(x, noise):
         with autocast:
@@ -328,7 +358,7 @@ def make_step(model, opt, opt_d, batches, noise_gen, *, bf16: bool, compile: str
 
     def eager_update(out) -> None:
         opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        out["loss"].sum().backward()  # an ensemble's members' losses: each member's gradient is its own
         opt.step()
 
     if compile is not None and opt_d is None and whole_step_compiles():
@@ -337,14 +367,14 @@ def make_step(model, opt, opt_d, batches, noise_gen, *, bf16: bool, compile: str
 
         def whole(x, noise):
             out = loss_fn(x, noise)
-            adam_update(params, torch.autograd.grad(out["loss"], params), opt)
+            adam_update(params, torch.autograd.grad(out["loss"].sum(), params), opt)
             return {k: v.detach() for k, v in out.items()}
 
         compiled = torch.compile(whole, fullgraph=True, backend=compile, **options)
 
         def step() -> dict:
             x = next_batch()
-            noise = model.sample_noise(len(x), device, noise_gen)
+            noise = model.sample_noise(x.shape[-4], device, noise_gen)
             if not opt.state:  # the first step eagerly: it creates Adam's state
                 out = loss_fn(x, noise)
                 eager_update(out)
@@ -364,19 +394,19 @@ def make_step(model, opt, opt_d, batches, noise_gen, *, bf16: bool, compile: str
 
     def step() -> dict:
         x = next_batch()
-        noise = model.sample_noise(len(x), device, noise_gen)
+        noise = model.sample_noise(x.shape[-4], device, noise_gen)
         if cudagraphs:
             torch.compiler.cudagraph_mark_step_begin()
         out = loss(x, noise)
         eager_update(out)
         if opt_d is not None:
             x2 = next_batch()
-            noise2 = model.sample_noise(len(x2), device, noise_gen)
+            noise2 = model.sample_noise(x2.shape[-4], device, noise_gen)
             with torch.no_grad():
                 z2 = loss(x2, noise2)["z"]
             d_loss = model.discriminator_loss(out["z"].float(), z2.float(), generator=noise_gen)
             opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
+            d_loss.sum().backward()
             opt_d.step()
             out["disc_loss"] = d_loss
         return out
@@ -392,183 +422,405 @@ def _progress(total: int, initial: int):
     return None
 
 
-def train(config: TrainConfig, *, resume: Path | None = None) -> dict:
-    """Train as configured; returns the final status dict. Raises ValueError for bad options."""
+class Member:
+    """One run inside a Trainer: its configuration, run directory, generators and where it stands."""
+
+    def __init__(self, config: TrainConfig, device: torch.device):
+        self.config = config
+        self.run = Run(Path(config.out))
+        self.data_gen = torch.Generator().manual_seed(config.seed)
+        self.noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+        self.last_good: Path | None = None
+        self.status: dict = {"state": "running", "step": 0}
+        self.writer = None
+        self.batches = None
+
+    @property
+    def name(self) -> str:
+        return self.run.root.name
+
+
+ENSEMBLE_SHARED = (
+    "model", "dataset", "data_root", "z_dim", "hidden", "learn_nu", "num_samples", "steps", "batch_size", "lr",
+    "device", "precision", "impl", "log_every", "eval_every", "metrics", "metric_protocol", "ckpt_every",
+    "keep_checkpoints", "compile",
+)  # what an ensemble's members must share; each has its own seed, nu, beta, gamma and out
+
+
+def ensemble_key(config: TrainConfig) -> tuple:
+    """The options that must agree for runs to train together as one ensemble."""
     c = config.resolved()
-    check_config(c)
-    run = Run(Path(c.out))
-    try:
-        dataset = get_dataset(c.dataset, c.data_root)
-    except (DataError, TypeError) as exc:
-        raise ValueError(f"--dataset {c.dataset}: {exc}") from exc
-    run.prepare()
-    device = torch.device(c.device)
-    torch.manual_seed(c.seed)
-    model = build_model(c, dataset.channels).to(device)
-    if c.precision == "bf16" and not c.compile:
-        model = model.to(memory_format=torch.channels_last)
-    vae_params = [p for n, p in model.named_parameters() if not n.startswith("discriminator.")]
-    opt = torch.optim.Adam(vae_params, lr=c.lr, betas=(0.9, 0.999), **adam_options(c.compile, device))
-    opt_d = (
-        torch.optim.Adam(model.discriminator.parameters(), lr=1e-4, betas=(0.5, 0.9))
-        if c.model == "factorvae"
-        else None
-    )
-    data_gen = torch.Generator().manual_seed(c.seed)
-    noise_gen = torch.Generator(device=device).manual_seed(c.seed + 1)
-    step = 0
-    if resume is not None:
-        ckpts = run.checkpoints()
-        if not ckpts:
-            raise ValueError(f"--resume {run.root}: no checkpoint in {run.ckpt_dir}")
-        state = torch.load(ckpts[-1], map_location=device, weights_only=False)
-        trained_on = state.get("channels", dataset.channels)
-        if trained_on != dataset.channels:
-            raise ValueError(f"--dataset {c.dataset} has {dataset.channels}-channel images, but the run in {run.root} "
-                             f"was trained on {trained_on}-channel images")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        if opt_d is not None:
-            opt_d.load_state_dict(state["opt_d"])
-        data_gen.set_state(state["data_gen"])
-        noise_gen.set_state(state["noise_gen"].to(noise_gen.get_state().device))
-        torch.set_rng_state(state["torch_rng"])
-        step = state["step"]
-        run.truncate_metrics(step)
-    run.write_json("config.json", dataclasses.asdict(c))
-    batches = dataset.batches(c.batch_size, device=device, generator=data_gen)
-    fixed, held_out = fixed_batches(dataset, device)
-    metric_names = parse_metrics(c.metrics) if isinstance(dataset, GroundTruthDataset) else []
-    from torch.utils.tensorboard import SummaryWriter
+    return tuple(getattr(c, k) for k in ENSEMBLE_SHARED)
 
-    writer = SummaryWriter(str(run.root / "tb"), purge_step=step if step else None)
-    term_names = None
-    sums = None
-    bad = torch.zeros((), dtype=torch.bool, device=device)
-    t_last, steps_since = time.perf_counter(), 0
-    last_good = run.checkpoints()[-1] if run.checkpoints() else None
 
-    def checkpoint_state() -> dict:
+class Trainer:
+    """The training loop, shared by a lone run and an ensemble. Phases: set-up (``__init__``), then
+    per step ``step``, and at their intervals ``log``, ``checkpoint``, ``evaluate`` and ``pictures``;
+    ``run`` drives them and ``finish`` writes the end state.
+
+    A lone run is one member with a plain model. An ensemble (``ensemble=True``) holds its members
+    in one model built with members=M (chyvae_ext.models.ensemble); each member writes the run
+    directory its lone run writes (its checkpoints load as a lone run's). A member whose loss turns
+    non-finite is marked failed and leaves the ensemble; the others go on.
+    """
+
+    def __init__(self, configs: list[TrainConfig], *, resume: bool = False, ensemble: bool | None = None):
+        if not configs:
+            raise ValueError("configs must hold at least one TrainConfig, got none")
+        self.configs = [c.resolved() for c in configs]
+        for c in self.configs:
+            check_config(c)
+        self.stacked = len(configs) > 1 if ensemble is None else bool(ensemble)
+        if len(configs) > 1 and not self.stacked:
+            raise ValueError("several configs train together only as an ensemble (ensemble=True)")
+        c = self.c = self.configs[0]
+        if self.stacked:
+            self._check_ensemble()
+        try:
+            self.dataset = get_dataset(c.dataset, c.data_root)
+        except (DataError, TypeError) as exc:
+            raise ValueError(f"--dataset {c.dataset}: {exc}") from exc
+        self.device = device = torch.device(c.device)
+        self.members = [Member(cfg, device) for cfg in self.configs]
+        for m in self.members:
+            m.run.prepare()
+        self.bf16 = c.precision == "bf16"
+        self._build()
+        self.step_count = 0
+        if resume:
+            self._resume()
+        for m in self.members:
+            m.run.write_json("config.json", dataclasses.asdict(m.config))
+            m.batches = self.dataset.batches(c.batch_size, device=device, generator=m.data_gen)
+        self.fixed, self.held_out = fixed_batches(self.dataset, device)
+        self.metric_names = parse_metrics(c.metrics) if isinstance(self.dataset, GroundTruthDataset) else []
+        from torch.utils.tensorboard import SummaryWriter
+
+        for m in self.members:
+            m.writer = SummaryWriter(str(m.run.root / "tb"), purge_step=self.step_count or None)
+            m.last_good = m.run.checkpoints()[-1] if m.run.checkpoints() else None
+        self.noise_gens = [m.noise_gen for m in self.members]  # shortened in place when a member leaves
+        self.one_step = make_step(
+            self.model,
+            self.opt,
+            self.opt_d,
+            self._batches(),
+            self.noise_gens if self.stacked else self.members[0].noise_gen,
+            bf16=self.bf16,
+            compile="inductor" if c.compile else None,
+        )
+        self.term_names: list[str] | None = None
+        self.sums = None
+        self.bad = None
+        self.t_last, self.steps_since = time.perf_counter(), 0
+        self.bar = None
+
+    # ---- set-up ------------------------------------------------------------------------------------------------
+    def _check_ensemble(self) -> None:
+        first = self.configs[0]
+        for cfg in self.configs[1:]:
+            diff = [k for k in ENSEMBLE_SHARED if getattr(cfg, k) != getattr(first, k)]
+            if diff:
+                raise ValueError(
+                    f"ensemble members must share {', '.join(diff)}: {cfg.out} has "
+                    + ", ".join(f"{k}={getattr(cfg, k)!r}" for k in diff)
+                    + f" where {first.out} has " + ", ".join(f"{k}={getattr(first, k)!r}" for k in diff)
+                )
+        outs = [cfg.out for cfg in self.configs]
+        if len(set(outs)) != len(outs):
+            raise ValueError(f"ensemble members must have distinct --out directories, got {outs}")
+
+    def _lone_model(self, cfg: TrainConfig) -> torch.nn.Module:
+        torch.manual_seed(cfg.seed)  # the lone run's initial parameters
+        return build_model(cfg, self.dataset.channels)
+
+    def _build(self) -> None:
+        c, device = self.c, self.device
+        if self.stacked:
+            self.model = stack_models([self._lone_model(cfg) for cfg in self.configs]).to(device)
+        else:
+            self.model = self._lone_model(c).to(device)
+            if self.bf16 and not c.compile:
+                self.model = self.model.to(memory_format=torch.channels_last)
+        vae_params = [p for n, p in self.model.named_parameters() if not n.startswith("discriminator.")]
+        self.opt = torch.optim.Adam(vae_params, lr=c.lr, betas=(0.9, 0.999), **adam_options(c.compile, device))
+        self.opt_d = (
+            torch.optim.Adam(self.model.discriminator.parameters(), lr=1e-4, betas=(0.5, 0.9))
+            if c.model == "factorvae"
+            else None
+        )
+
+    def _resume(self) -> None:
+        states = []
+        for m in self.members:
+            ckpts = m.run.checkpoints()
+            if not ckpts:
+                raise ValueError(f"--resume {m.run.root}: no checkpoint in {m.run.ckpt_dir}")
+            state = torch.load(ckpts[-1], map_location=self.device, weights_only=False)
+            trained_on = state.get("channels", self.dataset.channels)
+            if trained_on != self.dataset.channels:
+                raise ValueError(
+                    f"--dataset {self.c.dataset} has {self.dataset.channels}-channel images, but the run in "
+                    f"{m.run.root} was trained on {trained_on}-channel images"
+                )
+            states.append(state)
+        steps = {s["step"] for s in states}
+        if len(steps) != 1:
+            at = ", ".join(f"{m.name} at {s['step']}" for m, s in zip(self.members, states, strict=True))
+            raise ValueError(f"an ensemble resumes together: its members' checkpoints must be at one step, got {at}")
+        if self.stacked:
+            for i, state in enumerate(states):
+                load_member_state_dict(self.model, i, state["model"])
+            load_member_optimizer_states(self.opt, [s["opt"] for s in states])
+            if self.opt_d is not None:
+                load_member_optimizer_states(self.opt_d, [s["opt_d"] for s in states])
+        else:
+            self.model.load_state_dict(states[0]["model"])
+            self.opt.load_state_dict(states[0]["opt"])
+            if self.opt_d is not None:
+                self.opt_d.load_state_dict(states[0]["opt_d"])
+        for m, state in zip(self.members, states, strict=True):
+            m.data_gen.set_state(state["data_gen"])
+            m.noise_gen.set_state(state["noise_gen"].to(m.noise_gen.get_state().device))
+        torch.set_rng_state(states[0]["torch_rng"])
+        self.step_count = states[0]["step"]
+        for m in self.members:
+            m.run.truncate_metrics(self.step_count)
+
+    def _batches(self):
+        """Each member's batch from its own data order: (N, ...) alone, stacked (M, N, ...) in an ensemble."""
+        if not self.stacked:
+            yield from self.members[0].batches
+        while True:
+            yield torch.stack([next(m.batches) for m in self.members])
+
+    # ---- the phases ---------------------------------------------------------------------------------------------
+    def step(self) -> None:
+        """One optimisation step for every member; the terms add up on the device (no host wait)."""
+        out = self.one_step()
+        self.step_count += 1
+        self.steps_since += 1
+        terms = {k: v.detach().float() for k, v in out.items() if k != "z"}
+        if self.term_names is None:
+            self.term_names = list(terms)
+            self.sums = torch.zeros(len(self.members), len(self.term_names), device=self.device)
+            self.bad = torch.zeros(len(self.members), dtype=torch.bool, device=self.device)
+        values = torch.stack([terms[k] for k in self.term_names], -1).reshape(len(self.members), -1)
+        self.sums += values
+        self.bad |= ~torch.isfinite(values).all(-1)
+
+    def log(self) -> None:
+        """A train row per member (one host synchronisation per interval); members whose loss turned
+        non-finite in the interval are marked failed and leave."""
+        step, since = self.step_count, self.steps_since
+        bad = self.bad.tolist()
+        if any(bad):
+            self._fail([i for i, b in enumerate(bad) if b])
+            if not self.members:
+                return
+        now = time.perf_counter()
+        rate = since / (now - self.t_last)
+        nus = None
+        if self.c.model == "chyvae" and self.c.learn_nu:
+            nus = torch.as_tensor(self.model.nu).detach().float().reshape(-1).tolist()
+        for i, (m, sums) in enumerate(zip(self.members, self.sums.tolist(), strict=True)):
+            row = {
+                "kind": "train",
+                "step": step,
+                **{k: v / since for k, v in zip(self.term_names, sums, strict=True)},
+                "steps_per_s": rate,
+            }
+            if nus is not None:
+                row["nu"] = nus[i]
+            m.run.append_metrics(row)
+            for k, v in row.items():
+                if k not in ("kind", "step"):
+                    m.writer.add_scalar(f"train/{k}", v, step)
+        losses = [s[self.term_names.index("loss")] / since for s in self.sums.tolist()]
+        if self.bar is not None:
+            self.bar.update(since)
+            self.bar.set_postfix(loss=_span(losses, 1), steps_s=f"{rate:.1f}")
+        else:
+            who = f"  {len(self.members)} members" if self.stacked else ""
+            recon = self.sums[0, self.term_names.index("recon")].item() / since
+            detail = f"  loss {_span(losses, 2)}" + ("" if self.stacked else f"  recon {recon:.2f}")
+            print(f"step {step}/{self.c.steps}{who}{detail}  {rate:.1f} steps/s", flush=True)
+        self.sums.zero_()
+        self.t_last, self.steps_since = now, 0
+
+    def _fail(self, failed: list[int]) -> None:
+        step, since = self.step_count, self.steps_since
+        values = self.sums  # the interval's sums: which terms are non-finite now
+        for i in failed:
+            m = self.members[i]
+            bad_terms = [k for k, v in zip(self.term_names, values[i].tolist(), strict=True) if not math.isfinite(v)]
+            m.status = {
+                "state": "failed",
+                "step": step,
+                "error": f"non-finite loss within steps {step - since + 1}..{step} "
+                f"(terms now non-finite: {', '.join(bad_terms) or 'earlier in the interval'}); "
+                f"last good checkpoint: {m.last_good}",
+            }
+            m.run.write_json("status.json", m.status)
+            m.writer.close()
+            print(f"error: {m.name}: {m.status['error']}" if self.stacked else f"error: {m.status['error']}",
+                  file=sys.stderr)
+        keep = [i for i in range(len(self.members)) if i not in failed]
+        if keep and self.stacked:  # the others go on without them
+            select_members(self.model, keep)
+            select_optimizer_members(self.opt, keep)
+            if self.opt_d is not None:  # the discriminator's parameters left with the model's
+                select_optimizer_members(self.opt_d, keep)
+            self.sums, self.bad = self.sums[keep], self.bad[keep]
+        self.members = [self.members[i] for i in keep]
+        self.noise_gens[:] = [m.noise_gen for m in self.members]
+
+    def member_state(self, i: int) -> dict:
+        """Member i's checkpoint, exactly a lone run's."""
+        m = self.members[i]
+        if self.stacked:
+            model = member_state_dict(self.model, i)
+            opt = member_optimizer_state(self.opt, i)
+            opt_d = member_optimizer_state(self.opt_d, i) if self.opt_d is not None else None
+        else:
+            model, opt = self.model.state_dict(), self.opt.state_dict()
+            opt_d = self.opt_d.state_dict() if self.opt_d is not None else None
         return {
-            "model": model.state_dict(),
-            "opt": opt.state_dict(),
-            "opt_d": opt_d.state_dict() if opt_d is not None else None,
-            "data_gen": data_gen.get_state(),
-            "noise_gen": noise_gen.get_state().cpu(),
+            "model": model,
+            "opt": opt,
+            "opt_d": opt_d,
+            "data_gen": m.data_gen.get_state(),
+            "noise_gen": m.noise_gen.get_state().cpu(),
             "torch_rng": torch.get_rng_state(),
-            "step": step,
-            "config": dataclasses.asdict(c),
-            "channels": dataset.channels,
+            "step": self.step_count,
+            "config": dataclasses.asdict(m.config),
+            "channels": self.dataset.channels,
         }
 
-    def evaluate() -> None:
+    def checkpoint(self) -> None:
+        for i, m in enumerate(self.members):
+            m.last_good = m.run.save_checkpoint(self.member_state(i), self.step_count, m.config.keep_checkpoints)
+
+    def member_model(self, i: int) -> torch.nn.Module:
+        """Member i as a lone model (a copy) on the device."""
+        if not self.stacked:
+            return self.model
+        model = build_model(self.members[i].config, self.dataset.channels).to(self.device)
+        model.load_state_dict(member_state_dict(self.model, i))
+        return model
+
+    def evaluate(self) -> None:
         """Held-out negative ELBO and its terms on a fixed batch of 256 images, and the disentanglement
-        metrics (same seed at every step, so that only the model changes), logged as kind "eval"."""
-        row = {"kind": "eval", "step": step, **held_out_terms(model, held_out, bf16=c.precision == "bf16")}
-        if metric_names:
-            t0 = time.perf_counter()
-            encode = make_encoder(model, precision=c.precision)
-            summary, _ = score(encode, dataset, metric_names, protocol=c.metric_protocol, seed=0)
-            row.update(summary, metric_seconds=time.perf_counter() - t0)
-            text = "  ".join(f"{k} {v:.3f}" for k, v in summary.items())
-            message = f"step {step}: {text} ({row['metric_seconds']:.0f} s)"
-            if bar is not None:
-                bar.write(message)
+        metrics (same seed at every step, so that only the model changes), logged as kind "eval". An
+        ensemble encodes every image once for all its members (SharedEncodings)."""
+        step = self.step_count
+        rows = [
+            {"kind": "eval", "step": step, **terms}
+            for terms in member_held_out_terms(self.model, self.held_out, bf16=self.bf16)
+        ]
+        if self.metric_names:
+            if self.stacked:
+                shared = SharedEncodings(self.model, precision=self.c.precision)
+                encoders = [shared.encoder(i) for i in range(len(self.members))]
             else:
-                print(message, flush=True)
-        run.append_metrics(row)
-        for k, v in row.items():
-            if k not in ("kind", "step"):
-                writer.add_scalar(f"eval/{k}", v, step)
-
-    def pictures() -> None:
-        save_model_pictures(model, fixed, run.root, bf16=c.precision == "bf16")
-        save_curves(run.root / "metrics.jsonl", run.root / "curves.png")
-
-    one_step = make_step(
-        model, opt, opt_d, batches, noise_gen, bf16=c.precision == "bf16", compile="inductor" if c.compile else None
-    )
-    status = {"state": "running", "step": step}
-    run.write_json("status.json", status)
-    bar = _progress(c.steps, step)
-    model.train()
-    with StopRequested() as stop:
-        while step < c.steps and stop.signal is None:
-            out = one_step()
-            step += 1
-            steps_since += 1
-            terms = {k: v.detach().float() for k, v in out.items() if k != "z"}
-            if term_names is None:
-                term_names = list(terms)
-                sums = torch.zeros(len(term_names), device=device)
-            values = torch.stack([terms[k] for k in term_names])
-            sums += values
-            bad |= ~torch.isfinite(values).all()
-            if step % c.log_every == 0 or step == c.steps:
-                if bool(bad):  # one host synchronisation per logging interval
-                    bad_terms = [k for k, v in zip(term_names, values.tolist(), strict=True) if not math.isfinite(v)]
-                    status = {
-                        "state": "failed",
-                        "step": step,
-                        "error": f"non-finite loss within steps {step - steps_since + 1}..{step} "
-                        f"(terms now non-finite: {', '.join(bad_terms) or 'earlier in the interval'}); "
-                        f"last good checkpoint: {last_good}",
-                    }
-                    run.write_json("status.json", status)
-                    print(f"error: {status['error']}", file=sys.stderr)
-                    break
-                now = time.perf_counter()
-                row = {
-                    "kind": "train",
-                    "step": step,
-                    **{k: v / steps_since for k, v in zip(term_names, sums.tolist(), strict=True)},
-                    "steps_per_s": steps_since / (now - t_last),
-                }
-                if c.model == "chyvae" and c.learn_nu:
-                    row["nu"] = float(model.nu.detach())
-                run.append_metrics(row)
-                for k, v in row.items():
-                    if k not in ("kind", "step"):
-                        writer.add_scalar(f"train/{k}", v, step)
-                if bar is not None:
-                    bar.update(steps_since)
-                    bar.set_postfix(loss=f"{row['loss']:.1f}", steps_s=f"{row['steps_per_s']:.1f}")
+                encoders = [make_encoder(self.model, precision=self.c.precision)]
+            for m, row, encode in zip(self.members, rows, encoders, strict=True):
+                t0 = time.perf_counter()
+                summary, _ = score(encode, self.dataset, self.metric_names, protocol=self.c.metric_protocol, seed=0)
+                row.update(summary, metric_seconds=time.perf_counter() - t0)
+                text = "  ".join(f"{k} {v:.3f}" for k, v in summary.items())
+                who = f"{m.name}: " if self.stacked else ""
+                message = f"step {step}: {who}{text} ({row['metric_seconds']:.0f} s)"
+                if self.bar is not None:
+                    self.bar.write(message)
                 else:
-                    print(
-                        f"step {step}/{c.steps}  loss {row['loss']:.2f}  recon {row['recon']:.2f}  "
-                        f"{row['steps_per_s']:.1f} steps/s",
-                        flush=True,
-                    )
-                sums.zero_()
-                t_last, steps_since = now, 0
-            if step % c.ckpt_every == 0 or step == c.steps:
-                last_good = run.save_checkpoint(checkpoint_state(), step, c.keep_checkpoints)
-            if step % c.eval_every == 0 or step == c.steps:
-                evaluate()
-                pictures()
-        if status["state"] != "failed":
-            if stop.signal is not None:
-                last_good = run.save_checkpoint(checkpoint_state(), step, c.keep_checkpoints)
-                status = {
+                    print(message, flush=True)
+        for m, row in zip(self.members, rows, strict=True):
+            m.run.append_metrics(row)
+            for k, v in row.items():
+                if k not in ("kind", "step"):
+                    m.writer.add_scalar(f"eval/{k}", v, step)
+
+    def pictures(self) -> None:
+        for i, m in enumerate(self.members):
+            save_model_pictures(self.member_model(i), self.fixed, m.run.root, bf16=self.bf16)
+            save_curves(m.run.root / "metrics.jsonl", m.run.root / "curves.png")
+
+    # ---- the loop -----------------------------------------------------------------------------------------------
+    def run(self) -> list[dict]:
+        """Trains to the configured steps (or a signal, or every member failing); returns each
+        member's final status, in the order of the configs."""
+        c = self.c
+        order = list(self.members)
+        for m in self.members:
+            m.status = {"state": "running", "step": self.step_count}
+            m.run.write_json("status.json", m.status)
+        self.bar = _progress(c.steps, self.step_count)
+        self.model.train()
+        with StopRequested() as stop:
+            while self.step_count < c.steps and stop.signal is None and self.members:
+                self.step()
+                step = self.step_count
+                if step % c.log_every == 0 or step == c.steps:
+                    self.log()
+                    if not self.members:
+                        break
+                if step % c.ckpt_every == 0 or step == c.steps:
+                    self.checkpoint()
+                if step % c.eval_every == 0 or step == c.steps:
+                    self.evaluate()
+                    self.pictures()
+            self.finish(stop.signal)
+        if self.bar is not None:
+            self.bar.close()
+        return [m.status for m in order]
+
+    def finish(self, signum: int | None) -> None:
+        """Writes each remaining member's end state: interrupted (with a checkpoint) or finished."""
+        if signum is not None and self.members:
+            self.checkpoint()
+        for m in self.members:
+            if signum is not None:
+                m.status = {
                     "state": "interrupted",
-                    "step": step,
-                    "signal": signal.Signals(stop.signal).name,
-                    "checkpoint": str(last_good),
+                    "step": self.step_count,
+                    "signal": signal.Signals(signum).name,
+                    "checkpoint": str(m.last_good),
                 }
                 print(
-                    f"stopped by {status['signal']} at step {step}; checkpoint {last_good}; "
-                    f"continue with: python -m chyvae_ext.train --resume {run.root}",
+                    f"stopped by {m.status['signal']} at step {self.step_count}; checkpoint {m.last_good}; "
+                    f"continue with: python -m chyvae_ext.train --resume {m.run.root}",
                     file=sys.stderr,
                 )
             else:
-                status = {"state": "finished", "step": step, "checkpoint": str(last_good)}
-            run.write_json("status.json", status)
-    if bar is not None:
-        bar.close()
-    writer.close()
-    if status["state"] == "finished":
-        pictures()
-    return status
+                m.status = {"state": "finished", "step": self.step_count, "checkpoint": str(m.last_good)}
+            m.run.write_json("status.json", m.status)
+            m.writer.close()
+        if signum is None:
+            self.pictures()
+
+
+def _span(values: list[float], digits: int) -> str:
+    """One value, or the range over an ensemble's members."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{min(values):.{digits}f}..{max(values):.{digits}f}"
+
+
+def train(config: TrainConfig, *, resume: Path | None = None) -> dict:
+    """Train as configured; returns the final status dict. Raises ValueError for bad options."""
+    if resume is not None:
+        config = dataclasses.replace(config, out=str(resume))
+    return Trainer([config], resume=resume is not None).run()[0]
+
+
+def train_ensemble(configs: list[TrainConfig], *, resume: bool = False) -> list[dict]:
+    """Train the runs ``configs`` as one ensemble (see Trainer); returns each run's final status.
+
+    They must agree on every option of ENSEMBLE_SHARED; each keeps its seed, hyperparameters and
+    run directory. ``resume``: every member continues from its last checkpoint (all at one step).
+    """
+    return Trainer(configs, resume=resume, ensemble=True).run()
 
 
 def parse_args(argv: list[str] | None) -> tuple[TrainConfig, Path | None]:

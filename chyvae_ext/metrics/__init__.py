@@ -3,11 +3,12 @@
 from .dci import dci, dci_from_importance
 from .factor_vae import PROTOCOLS, factor_vae_score
 from .information import mig, sap
-from .suite import METRICS, make_encoder, parse_metrics, score
+from .suite import METRICS, SharedEncodings, make_encoder, parse_metrics, score
 
 __all__ = [
     "METRICS",
     "PROTOCOLS",
+    "SharedEncodings",
     "dci",
     "dci_from_importance",
     "factor_vae_score",

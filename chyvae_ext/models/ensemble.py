@@ -66,7 +66,8 @@ def stack_models(models: list[nn.Module]) -> nn.Module:
             raise ValueError(f"stack_models: models[{i}] must be a lone BetaVAE, FactorVAE or CHyVAE, got {m!r:.80}")
         if _shape_of(m) != _shape_of(first):
             raise ValueError(
-                f"stack_models: models[{i}] differs in kind or shape from models[0]: {_shape_of(m)} vs {_shape_of(first)}"
+                f"stack_models: models[{i}] differs in kind or shape from models[0]: "
+                f"{_shape_of(m)} vs {_shape_of(first)}"
             )
     size = len(models)
     common = {"latent_dim": first.latent_dim, "channels": first.channels, "hidden": first.hidden, "members": size}
@@ -97,7 +98,8 @@ def stack_models(models: list[nn.Module]) -> nn.Module:
 
 def _stacked_names(ens: nn.Module) -> set[str]:
     if getattr(ens, "members", None) is None:
-        raise ValueError(f"expected an ensemble (a model built with members=M), got {type(ens).__name__} without members")
+        name = type(ens).__name__
+        raise ValueError(f"expected an ensemble (a model built with members=M), got a lone {name}")
     return {name for name, _ in ens.named_parameters()}
 
 
@@ -135,12 +137,12 @@ def _check_member(ens: nn.Module, m: int) -> None:
 def select_members(ens: nn.Module, keep: list[int]) -> None:
     """Keeps only the members ``keep`` (in that order), in place: parameters (the same Parameter
     objects, so an optimiser keeps them; see select_optimizer_members) and per-member buffers."""
-    stacked = _stacked_names(ens)
+    _stacked_names(ens)
     if not keep or any(not 0 <= i < ens.members for i in keep):
         raise ValueError(f"keep must list members in [0, {ens.members}), got {keep}")
     index = torch.tensor(keep)
     with torch.no_grad():
-        for name, p in ens.named_parameters():
+        for p in ens.parameters():
             p.data = p.data[index.to(p.device)]
             p.grad = None
         for name in _per_member_buffers(ens):  # beta, gamma, fixed nu: (M, ...) at the top level
@@ -160,9 +162,12 @@ def member_optimizer_state(opt: torch.optim.Optimizer, m: int) -> dict:
     ``state_dict()``: per-parameter tensors with the member dimension are indexed at m, scalars
     (Adam's step) copied."""
     state = opt.state_dict()
+
+    def part(v):
+        return v[m].clone() if torch.is_tensor(v) and v.dim() > 0 else copy.deepcopy(v)
+
     return {
-        "state": {i: {k: (v[m].clone() if torch.is_tensor(v) and v.dim() > 0 else copy.deepcopy(v)) for k, v in s.items()}
-                  for i, s in state["state"].items()},
+        "state": {i: {k: part(v) for k, v in s.items()} for i, s in state["state"].items()},
         "param_groups": copy.deepcopy(state["param_groups"]),
     }
 
