@@ -823,13 +823,23 @@ def train_ensemble(configs: list[TrainConfig], *, resume: bool = False) -> list[
     return Trainer(configs, resume=resume, ensemble=True).run()
 
 
-def parse_args(argv: list[str] | None) -> tuple[TrainConfig, Path | None]:
+def parse_args(argv: list[str] | None) -> tuple[list[TrainConfig], bool, bool]:
+    """(configs, resume, ensemble): one config for a lone run, one per RUN_DIR with --ensemble."""
     parser = argparse.ArgumentParser(
         prog="python -m chyvae_ext.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     d = TrainConfig()
     parser.add_argument("--config", help="YAML or JSON file of options; flags override it")
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    parser.add_argument("--resume", nargs="?", const=True, type=Path, metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR (with --ensemble: continue the ensemble's runs)")
+    parser.add_argument(
+        "--ensemble",
+        nargs="+",
+        type=Path,
+        metavar="RUN_DIR",
+        help="train these runs as one ensemble: each RUN_DIR holds sweep_options.json (its options, as the "
+        "sweep writes them) or, with --resume, a checkpointed run; other flags apply to every member",
+    )
     parser.add_argument("--model", choices=MODELS)
     parser.add_argument("--dataset")
     parser.add_argument("--data-root", dest="data_root")
@@ -865,30 +875,59 @@ def parse_args(argv: list[str] | None) -> tuple[TrainConfig, Path | None]:
         help="run the training step under torch.compile (CUDA graphs on a GPU); the first steps compile",
     )
     args = vars(parser.parse_args(argv))
-    config_file, resume = args.pop("config"), args.pop("resume")
+    config_file, resume, ensemble = args.pop("config"), args.pop("resume"), args.pop("ensemble")
+    flags = {k: v for k, v in args.items() if v is not None}
+    extra = load_config_file(config_file) if config_file else {}
+    if ensemble is not None:
+        if isinstance(resume, Path):
+            raise ValueError("--resume takes no RUN_DIR with --ensemble (the ensemble's RUN_DIRs are resumed)")
+        if "out" in flags:
+            raise ValueError("--out cannot be given with --ensemble: each member's RUN_DIR is its output")
+        configs = [TrainConfig(**_member_options(d, bool(resume)), **{**extra, **flags, "out": str(d)})
+                   for d in ensemble]
+        return configs, bool(resume), True
+    if resume is True:
+        raise ValueError("--resume needs a RUN_DIR (or --ensemble RUN_DIR ...)")
     values: dict = {}
     if resume is not None:
         if not (resume / "config.json").is_file():
             raise ValueError(f"--resume {resume}: no config.json there (not a run directory)")
         values.update(json.loads((resume / "config.json").read_text()))
         values["out"] = str(resume)
-    if config_file:
-        values.update(load_config_file(config_file))
-    values.update({k: v for k, v in args.items() if v is not None})
-    return TrainConfig(**values), resume
+    values.update(extra)
+    values.update(flags)
+    return [TrainConfig(**values)], resume is not None, False
+
+
+def _member_options(run_dir: Path, resume: bool) -> dict:
+    """An ensemble member's options from its RUN_DIR: config.json to resume, else sweep_options.json."""
+    name = "config.json" if resume else "sweep_options.json"
+    path = run_dir / name
+    if not path.is_file():
+        what = "a run directory to resume" if resume else "the run's options (the sweep writes them)"
+        raise ValueError(f"--ensemble {run_dir}: no {name} there ({what})")
+    options = json.loads(path.read_text())
+    options.pop("out", None)
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        config, resume = parse_args(argv)
-        status = train(config, resume=resume)
+        configs, resume, ensemble = parse_args(argv)
+        if ensemble:
+            statuses = train_ensemble(configs, resume=resume)
+        else:
+            statuses = [train(configs[0], resume=Path(configs[0].out) if resume else None)]
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if status["state"] == "finished":
-        print(f"finished {status['step']} steps; run directory: {config.resolved().out}")
+    for config, status in zip(configs, statuses, strict=True):
+        if status["state"] == "finished":
+            print(f"finished {status['step']} steps; run directory: {config.resolved().out}")
+    states = {s["state"] for s in statuses}
+    if states == {"finished"}:
         return 0
-    return 130 if status["state"] == "interrupted" else 1
+    return 130 if "interrupted" in states else 1
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """``python -m chyvae_ext.experiments {sweep,collect,plot}``.
 
-sweep --grid FILE [--dry-run]    run a grid of trainings (resumable; see chyvae_ext.experiments.grid)
+sweep --grid FILE [--dry-run] [--ensemble [--ensemble-size N]]
+                                 run a grid of trainings (resumable; see chyvae_ext.experiments.grid);
+                                 --ensemble trains runs of one shape together as one batched model
 collect ROOT [--out DIR]         results.csv and results_by_step.csv from every run under ROOT
 plot CSV [--out DIR]             tradeoff.png, by_step.png, time.png from collect's CSVs
 """
@@ -8,8 +10,10 @@ plot CSV [--out DIR]             tradeoff.png, by_step.png, time.png from collec
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
+from .._checks import check_int
 from .collect import collect_runs, markdown_table, summarise
 from .grid import load_grid
 from .plot import plot_all
@@ -26,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("sweep", help="run a grid of trainings")
     p.add_argument("--grid", required=True, help="YAML or JSON grid file")
     p.add_argument("--dry-run", action="store_true", help="list what would run")
+    p.add_argument("--ensemble", action="store_true", help="train runs of one shape as one batched model")
+    p.add_argument("--ensemble-size", type=int, help="at most this many members per ensemble")
     p = sub.add_parser("collect", help="gather runs into CSV")
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--out", help="directory for the CSVs (default ROOT)")
@@ -36,7 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "sweep":
-            outcome = sweep(load_grid(args.grid), dry_run=args.dry_run)
+            grid = load_grid(args.grid)
+            if args.ensemble_size is not None:
+                check_int("--ensemble-size", args.ensemble_size, 1)
+            if args.ensemble or args.ensemble_size is not None:
+                size = args.ensemble_size if args.ensemble_size is not None else grid.ensemble_size
+                grid = dataclasses.replace(grid, ensemble=True, ensemble_size=size)
+            outcome = sweep(grid, dry_run=args.dry_run)
             if any(o == "interrupted" for o in outcome.values()):
                 return 130
             return 1 if any(o == "failed" for o in outcome.values()) else 0

@@ -6,6 +6,8 @@ A grid is YAML or JSON::
     jobs: 2                            # training processes at once
     threads: 1                         # torch threads per process
     seeds: [0, 1, 2]
+    ensemble: false                    # true: runs that share their shapes train as one batched model
+    ensemble_size: 16                  # at most this many members per ensemble (default: no cap)
     common: {dataset: correlated_ellipses, steps: 1200, eval_every: 400}
     runs:
       - {model: chyvae, nu: [12, 200, 1000]}
@@ -30,7 +32,7 @@ from .._checks import check_int
 from ..train import TrainConfig
 
 _KNOWN = {f.name for f in dataclasses.fields(TrainConfig)} - {"out", "seed"}
-_GRID_KEYS = {"out", "jobs", "threads", "seeds", "common", "runs"}
+_GRID_KEYS = {"out", "jobs", "threads", "seeds", "common", "runs", "ensemble", "ensemble_size"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,8 @@ class Grid:
     jobs: int
     threads: int
     runs: list[RunSpec]
+    ensemble: bool = False
+    ensemble_size: int | None = None  # None: no cap
 
 
 def _name(model: str, swept: dict, seed: int) -> str:
@@ -64,6 +68,12 @@ def expand_grid(spec: dict, *, base: Path = Path(".")) -> Grid:
         raise ValueError(f"grid: unknown key(s) {', '.join(unknown)}; keys: {', '.join(sorted(_GRID_KEYS))}")
     for key in ("jobs", "threads"):
         check_int(f"grid: {key}", spec.get(key, 1), 1)
+    ensemble = spec.get("ensemble", False)
+    if not isinstance(ensemble, bool):
+        raise ValueError(f"grid: ensemble must be true or false, got {ensemble!r}")
+    ensemble_size = spec.get("ensemble_size")
+    if ensemble_size is not None:
+        check_int("grid: ensemble_size", ensemble_size, 1)
     seeds = spec.get("seeds", [0])
     if (
         not isinstance(seeds, list)
@@ -101,7 +111,7 @@ def expand_grid(spec: dict, *, base: Path = Path(".")) -> Grid:
     runs.sort(key=lambda r: r.options["seed"])  # seed-major: a partial sweep covers every setting
     out = Path(spec.get("out", "runs/sweep"))
     out = Path(os.path.normpath(out if out.is_absolute() else base / out))
-    return Grid(out, spec.get("jobs", 1), spec.get("threads", 1), runs)
+    return Grid(out, spec.get("jobs", 1), spec.get("threads", 1), runs, ensemble, ensemble_size)
 
 
 def load_grid(path: str | Path) -> Grid:
