@@ -667,10 +667,10 @@ class Trainer:
                   file=sys.stderr)
         keep = [i for i in range(len(self.members)) if i not in failed]
         if keep and self.stacked:  # the others go on without them
-            select_members(self.model, keep)
-            select_optimizer_members(self.opt, keep)
-            if self.opt_d is not None:  # the discriminator's parameters left with the model's
+            select_optimizer_members(self.opt, keep)  # first: it reads the parameters' shapes
+            if self.opt_d is not None:
                 select_optimizer_members(self.opt_d, keep)
+            select_members(self.model, keep)  # the discriminator's parameters with the rest
             self.sums, self.bad = self.sums[keep], self.bad[keep]
         self.members = [self.members[i] for i in keep]
         self.noise_gens[:] = [m.noise_gen for m in self.members]
@@ -883,7 +883,7 @@ def parse_args(argv: list[str] | None) -> tuple[list[TrainConfig], bool, bool]:
             raise ValueError("--resume takes no RUN_DIR with --ensemble (the ensemble's RUN_DIRs are resumed)")
         if "out" in flags:
             raise ValueError("--out cannot be given with --ensemble: each member's RUN_DIR is its output")
-        configs = [TrainConfig(**_member_options(d, bool(resume)), **{**extra, **flags, "out": str(d)})
+        configs = [TrainConfig(**{**_member_options(d, bool(resume)), **extra, **flags, "out": str(d)})
                    for d in ensemble]
         return configs, bool(resume), True
     if resume is True:

@@ -28,7 +28,7 @@ def sample_prior(model: torch.nn.Module, n: int, *, generator: torch.Generator |
     param = next(model.parameters())
     d = model.latent_dim
     if isinstance(model, CHyVAE):
-        nu = float(torch.as_tensor(model.nu).detach())
+        nu = model.nu if isinstance(model.nu, float) else float(model.nu.detach())
         cov = model.prior_cov  # None, a positive float or a (d, d) tensor, as chyvae_regularizer takes it
         if torch.is_tensor(cov):
             sigma0 = cov.detach().to("cpu", torch.float64)

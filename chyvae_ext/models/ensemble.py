@@ -79,7 +79,7 @@ def stack_models(models: list[nn.Module]) -> nn.Module:
             ) or (not torch.is_tensor(prior) and m.prior_cov == prior)
             if not same:
                 raise ValueError(f"stack_models: models[{i}] has another prior_cov than models[0]")
-        nus = [float(torch.as_tensor(m.nu).detach()) for m in models]
+        nus = [m.nu if isinstance(m.nu, float) else float(m.nu.detach()) for m in models]  # no float32 detour
         ens = CHyVAE(**common, nu=nus, num_samples=first.num_samples, learn_nu=first.learn_nu, impl=first.impl,
                      prior_cov=prior.detach().cpu() if torch.is_tensor(prior) else prior)
     elif isinstance(first, FactorVAE):
@@ -136,7 +136,7 @@ def _check_member(ens: nn.Module, m: int) -> None:
 
 def select_members(ens: nn.Module, keep: list[int]) -> None:
     """Keeps only the members ``keep`` (in that order), in place: parameters (the same Parameter
-    objects, so an optimiser keeps them; see select_optimizer_members) and per-member buffers."""
+    objects, so an optimiser keeps them; call select_optimizer_members first) and per-member buffers."""
     _stacked_names(ens)
     if not keep or any(not 0 <= i < ens.members for i in keep):
         raise ValueError(f"keep must list members in [0, {ens.members}), got {keep}")
@@ -157,31 +157,44 @@ def _per_member_buffers(ens: nn.Module) -> set[str]:
     return {n for n in ("beta", "gamma", "_nu_fixed") if isinstance(ens._buffers.get(n), torch.Tensor)}
 
 
+def _params_by_index(opt: torch.optim.Optimizer) -> dict[int, torch.Tensor]:
+    """state_dict index -> parameter (the order state_dict() numbers them in)."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+    return dict(enumerate(params))
+
+
+def _is_per_member(key: str, value: object, member_shape: tuple) -> bool:
+    """Whether an optimiser state entry is per element of its parameter (Adam's moments) rather than
+    shared by all members (Adam's step count, a scalar even for a 0-d parameter such as nu_raw)."""
+    return key != "step" and torch.is_tensor(value) and tuple(value.shape) == member_shape
+
+
 def member_optimizer_state(opt: torch.optim.Optimizer, m: int) -> dict:
     """Member m's part of an optimiser over an ensemble's parameters, as its lone optimiser's
-    ``state_dict()``: per-parameter tensors with the member dimension are indexed at m, scalars
-    (Adam's step) copied."""
+    ``state_dict()``: per-element state (Adam's moments) indexed at m, the step count copied."""
     state = opt.state_dict()
+    params = _params_by_index(opt)
 
-    def part(v):
-        return v[m].clone() if torch.is_tensor(v) and v.dim() > 0 else copy.deepcopy(v)
+    def part(i, k, v):
+        return v[m].clone() if _is_per_member(k, v, tuple(params[i].shape)) else copy.deepcopy(v)
 
     return {
-        "state": {i: {k: part(v) for k, v in s.items()} for i, s in state["state"].items()},
+        "state": {i: {k: part(i, k, v) for k, v in s.items()} for i, s in state["state"].items()},
         "param_groups": copy.deepcopy(state["param_groups"]),
     }
 
 
 def load_member_optimizer_states(opt: torch.optim.Optimizer, states: list[dict]) -> None:
     """Loads the lone optimisers' ``state_dict()``s of all members, in member order, into an
-    optimiser over the ensemble's parameters. Their scalar state (Adam's step) must agree."""
+    optimiser over the ensemble's parameters. Their step counts must agree."""
     first = states[0]
+    params = _params_by_index(opt)
     stacked: dict = {"param_groups": copy.deepcopy(first["param_groups"]), "state": {}}
     for i in first["state"]:
         entry = {}
         for k, v in first["state"][i].items():
             values = [s["state"][i][k] for s in states]
-            if torch.is_tensor(v) and v.dim() > 0:
+            if _is_per_member(k, v, tuple(params[i].shape[1:])):
                 entry[k] = torch.stack(values)
             else:
                 if any(not torch.equal(torch.as_tensor(x), torch.as_tensor(v)) for x in values):
@@ -192,8 +205,9 @@ def load_member_optimizer_states(opt: torch.optim.Optimizer, states: list[dict])
 
 
 def select_optimizer_members(opt: torch.optim.Optimizer, keep: list[int]) -> None:
-    """Keeps the optimiser state of members ``keep`` only (after select_members on its parameters)."""
-    for state in opt.state.values():
+    """Keeps the optimiser state of members ``keep`` only. Call it before select_members shortens
+    the parameters (it reads their shapes)."""
+    for p, state in opt.state.items():
         for k, v in state.items():
-            if torch.is_tensor(v) and v.dim() > 0:
+            if _is_per_member(k, v, tuple(p.shape)):
                 state[k] = v[torch.tensor(keep, device=v.device)]
