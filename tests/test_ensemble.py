@@ -25,7 +25,7 @@ from chyvae_ext.models.ensemble import (
     select_optimizer_members,
     stack_models,
 )
-from chyvae_ext.train import Trainer, TrainConfig, main, train, train_ensemble
+from chyvae_ext.train import TrainConfig, Trainer, main, train, train_ensemble
 
 SMALL_PROTOCOL = Protocol(votes_per_sample=16, train_votes=20, eval_votes=20, std_images=100, std_ddof=0, prune_below=0.0)
 
