@@ -152,3 +152,48 @@ def test_cuda_both_layouts_of_the_fast_path_match_the_cpu_op(variant, d):
     assert rel(out, cpu) <= 1e-10
     for a, b in zip(grads, cpu_grads, strict=True):
         assert float((a.double().cpu() - b.double()).norm() / b.double().norm()) <= 1e-10
+
+
+@pytest.mark.parametrize("variant", ["thread", "warp"])
+@pytest.mark.parametrize(("d", "k"), [(10, 1), (32, 1), (6, 3)])
+def test_cuda_per_datapoint_nu_matches_the_cpu_op(variant, d, k):
+    mu, L, z = make_inputs(257, d, k, seed=3)
+    nu = torch.tensor([d - 0.5, d + 1.5, d + 7.0, 200.0], dtype=torch.float64).repeat_interleave(65)[:257]
+    gpu = [t.cuda().requires_grad_() for t in (mu, L, z, nu)]
+    cpu = [t.clone().requires_grad_() for t in (mu, L, z, nu)]
+    chyvae_ext._C.set_cuda_kernel_variant(variant)
+    try:
+        out = chyvae_regularizer(*gpu, impl="fused")
+        grads = torch.autograd.grad(out.sum(), gpu)
+    finally:
+        chyvae_ext._C.set_cuda_kernel_variant("auto")
+    ref = chyvae_regularizer(*cpu, impl="fused")
+    ref_grads = torch.autograd.grad(ref.sum(), cpu)
+    assert rel(out, ref) <= 1e-10
+    for a, b in zip(grads, ref_grads, strict=True):
+        assert float((a.double().cpu() - b.double()).norm() / b.double().norm()) <= 1e-10
+
+
+@pytest.mark.parametrize("conv_mode", ["grouped", "members"])
+def test_cuda_ensemble_first_step_equals_the_lone_runs(conv_mode):
+    from chyvae_ext.models import CHyVAE
+    from chyvae_ext.models.ensemble import stack_models
+
+    lones = []
+    for seed, nu in enumerate((12.0, 200.0, 40.5)):
+        torch.manual_seed(seed)
+        lones.append(CHyVAE(10, 1, 64, nu=nu).cuda())
+    ens = stack_models(lones)
+    ens.encoder.conv_mode = ens.decoder.conv_mode = conv_mode
+    x = (torch.rand(3, 16, 1, 64, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(0)) > 0.5).float()
+    noise = ens.sample_noise(16, "cuda", [torch.Generator("cuda").manual_seed(i) for i in range(3)])
+    out = ens.loss(x, noise=noise)
+    out["loss"].sum().backward()
+    stacked = dict(ens.named_parameters())
+    for i, lone in enumerate(lones):
+        alone = lone.loss(x[i], noise=tuple(t[i] for t in noise))
+        alone["loss"].backward()
+        assert abs(float(out["loss"][i]) - float(alone["loss"])) <= 1e-5 * abs(float(alone["loss"]))
+        for name, p in lone.named_parameters():
+            g = stacked[name].grad[i]
+            assert float((g - p.grad).abs().max()) <= 1e-4 * float(p.grad.abs().max()) + 1e-12, name

@@ -4,10 +4,10 @@
 #
 # Builds the package in place with the CUDA kernels forced on, then runs: the CUDA tests,
 # compute-sanitizer memcheck on small op calls, bench_elbo.py on CUDA (events and graph replays),
-# bench_train.py on CUDA (three models, eager and --compile), and a short CHyVAE and beta-VAE
-# training. Logs and one JSON summary (summary.json: each step's exit status and seconds, the
+# bench_train.py on CUDA (three models, eager and --compile), bench_ensemble.py on CUDA (1, 8 and 32
+# CHyVAE members), a short ensemble sweep, and a short CHyVAE and beta-VAE training. Logs and one JSON summary (summary.json: each step's exit status and seconds, the
 # device, the versions) go into OUTDIR. Each step has its own time limit; the whole suite is
-# sized to finish inside 8 minutes. Exit status: 0 when every step passed, 1 when one failed,
+# sized to finish inside 10 minutes (GPU_SUITE_ONLY picks steps for a shorter lease). Exit status: 0 when every step passed, 1 when one failed,
 # 2 (with one line) when no GPU is found.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -78,7 +78,19 @@ run_step bench_train 90 "$PY" benchmarks/bench_train.py --device cuda --repeats 
 run_step bench_train_compiled 170 "$PY" benchmarks/bench_train.py --device cuda --repeats 5 --precisions bf16 \
   --compile --compile-only --json "$OUTDIR/bench_train_cuda_compiled.json"
 
-# 6. Short trainings on CUDA: CHyVAE and beta-VAE, run directories under OUTDIR/runs.
+# 6. Ensembles on CUDA: member-steps/s of 1, 8 and 32 CHyVAE members at batch 50 against lone runs
+#    (the grouped convolutions the GPU uses), then a short ensemble training of four members.
+run_step bench_ensemble 120 "$PY" benchmarks/bench_ensemble.py --device cuda --members 1 8 32 --models chyvae \
+  --precisions fp32 bf16 --repeats 3 --json "$OUTDIR/bench_ensemble_cuda.json"
+"$PY" - "$OUTDIR/runs/ensemble" <<'EOF_GRID'
+import json, pathlib, sys
+root = pathlib.Path(sys.argv[1]); root.mkdir(parents=True, exist_ok=True)
+(root / "grid.json").write_text(json.dumps({"out": ".", "seeds": [0, 1], "runs": [{"model": "chyvae", "nu": [12, 200]}],
+    "common": {"device": "cuda", "steps": 300, "log_every": 100, "eval_every": 300, "metrics": "factor_vae"}}))
+EOF_GRID
+run_step train_ensemble 90 "$PY" -m chyvae_ext.experiments sweep --grid "$OUTDIR/runs/ensemble/grid.json" --ensemble
+
+# 7. Short trainings on CUDA: CHyVAE and beta-VAE, run directories under OUTDIR/runs.
 run_step train_chyvae 75 "$PY" -m chyvae_ext.train --model chyvae --device cuda --steps 400 --log-every 100 \
   --eval-every 400 --metrics factor_vae --out "$OUTDIR/runs/chyvae"
 run_step train_betavae 50 "$PY" -m chyvae_ext.train --model betavae --device cuda --steps 400 --log-every 100 \
@@ -100,7 +112,8 @@ try:
     summary["device"] = torch.cuda.get_device_name()
 except Exception as exc:  # noqa: BLE001
     summary["device_error"] = repr(exc)
-for name in ("bench_elbo_cuda.json", "bench_train_cuda.json", "bench_train_cuda_compiled.json"):
+for name in ("bench_elbo_cuda.json", "bench_train_cuda.json", "bench_train_cuda_compiled.json",
+             "bench_ensemble_cuda.json"):
     p = out / name
     if p.exists():
         summary[name.removesuffix(".json")] = json.loads(p.read_text())
