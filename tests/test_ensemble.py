@@ -397,3 +397,66 @@ def test_sweep_cli_ensemble_size_refusal(tmp_path, capsys):
     (tmp_path / "g.json").write_text(json.dumps({"runs": [{"model": "chyvae"}]}))
     assert experiments_main(["sweep", "--grid", str(tmp_path / "g.json"), "--ensemble-size", "0"]) == 2
     assert "--ensemble-size must be a positive integer, got 0" in capsys.readouterr().err
+
+
+# ---- the stacked layers and helpers -----------------------------------------------------------------------------
+@pytest.mark.parametrize("transposed", [False, True])
+def test_stacked_conv_grouped_and_member_by_member_equal_each_members_own_convolution(transposed):
+    from chyvae_ext.models.networks import StackedConv2d, channels_to_members, members_to_channels
+
+    torch.manual_seed(0)
+    layer = StackedConv2d(3, 4, 5, transposed=transposed).double()
+    x = torch.randn(3, 2, 4, 8, 8, dtype=torch.float64)
+    grouped = channels_to_members(layer(members_to_channels(x)), 3)
+    each = layer.forward_each(list(x.unbind(0)))
+    cls = torch.nn.ConvTranspose2d if transposed else torch.nn.Conv2d
+    for m in range(3):
+        own = cls(4, 5, 4, stride=2, padding=1).double()
+        with torch.no_grad():
+            own.weight.copy_(layer.weight[m])
+            own.bias.copy_(layer.bias[m])
+        want = own(x[m])
+        assert torch.allclose(grouped[m], want, rtol=1e-12, atol=1e-12)
+        assert torch.allclose(each[m], want, rtol=1e-12, atol=1e-12)
+
+
+def test_stacked_linear_equals_each_members_linear():
+    from chyvae_ext.models.networks import StackedLinear
+
+    layer = StackedLinear(3, 6, 2).double()
+    x = torch.randn(3, 5, 6, dtype=torch.float64)
+    out = layer(x)
+    for m in range(3):
+        assert torch.allclose(out[m], x[m] @ layer.weight[m].T + layer.bias[m], rtol=1e-12)
+
+
+def test_member_held_out_terms_equal_each_lone_models():
+    from chyvae_ext.train import held_out_terms, member_held_out_terms
+
+    lones = lone_models("chyvae", torch.float32)
+    held_out = (torch.rand(16, 1, 64, 64, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    got = member_held_out_terms(stack_models(lones), held_out, bf16=False)
+    for terms, lone in zip(got, lones, strict=True):
+        want = held_out_terms(lone, held_out, bf16=False)
+        assert terms.keys() == want.keys()
+        assert all(abs(terms[k] - want[k]) <= 1e-5 * abs(want[k]) for k in want)
+    assert member_held_out_terms(lones[0], held_out, bf16=False) == [held_out_terms(lones[0], held_out, bf16=False)]
+
+
+def test_ensemble_key_ignores_seed_and_hyperparameters_only():
+    from chyvae_ext.train import ensemble_key
+
+    a = TrainConfig(model="chyvae", seed=0, nu=12.0, out="a")
+    assert ensemble_key(a) == ensemble_key(TrainConfig(model="chyvae", seed=3, nu=200.0, beta=2.0, out="b"))
+    assert ensemble_key(a) != ensemble_key(TrainConfig(model="chyvae", hidden=64))
+    assert ensemble_key(a) != ensemble_key(TrainConfig(model="chyvae", learn_nu=True))
+
+
+def test_checkpoint_step_reads_the_last_checkpoint(tmp_path):
+    from chyvae_ext.experiments.sweep import checkpoint_step
+
+    assert checkpoint_step(tmp_path) == 0
+    (tmp_path / "checkpoints").mkdir()
+    for step in (500, 1500, 1000):
+        (tmp_path / "checkpoints" / f"step_{step:08d}.pt").write_bytes(b"")
+    assert checkpoint_step(tmp_path) == 1500

@@ -59,6 +59,8 @@ class StackedConv2d(nn.Module):
         """Member by member: xs[m] (N, in, H, W) -> (N, out, H', W') with member m's weights."""
         conv = nn.functional.conv_transpose2d if self.transposed else nn.functional.conv2d
         ws, bs = self.weight.unbind(0), self.bias.unbind(0)  # one gradient node for all members
+        if xs and xs[0].is_contiguous(memory_format=torch.channels_last) and not xs[0].is_contiguous():
+            ws = [w.contiguous(memory_format=torch.channels_last) for w in ws]  # as a channels-last lone model's
         return [conv(x, w, b, stride=2, padding=1) for x, w, b in zip(xs, ws, bs, strict=True)]
 
 
@@ -72,6 +74,8 @@ def _members_mode(mode: str, x: torch.Tensor) -> bool:
 
 
 def _run_each(layers: nn.Sequential, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    if xs and torch.is_autocast_enabled(xs[0].device.type):  # as a lone run's bf16 convolutions: channels-last
+        xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
     for layer in layers:
         if isinstance(layer, StackedConv2d):
             xs = layer.forward_each(xs)
