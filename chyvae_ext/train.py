@@ -15,6 +15,11 @@ CPU. Everything a run produces lands in ``--out`` (default ``runs/<model>-<datas
 ``--resume RUN_DIR`` continues from the last checkpoint (model, optimisers, random states and data
 order): on the CPU an interrupted and resumed run ends with the same parameters, bit for bit, as
 one never interrupted. SIGINT or SIGTERM saves a checkpoint and exits with status 130.
+
+``--ensemble RUN_DIR ...`` trains several runs as one batched model (``train_ensemble``; the sweep's
+``--ensemble`` starts these): each RUN_DIR holds the run's options (``sweep_options.json``) or, with
+``--resume``, its checkpoints, and ends up as the run directory its lone run writes. One loop,
+:class:`Trainer`, runs both.
 """
 
 from __future__ import annotations
@@ -757,6 +762,7 @@ class Trainer:
             m.run.write_json("status.json", m.status)
         self.bar = _progress(c.steps, self.step_count)
         self.model.train()
+        self.t_last, self.steps_since = time.perf_counter(), 0
         with StopRequested() as stop:
             while self.step_count < c.steps and stop.signal is None and self.members:
                 self.step()
