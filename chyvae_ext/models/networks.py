@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import _threaded
+
 LAYOUT = torch.channels_last
 
 
@@ -73,17 +75,42 @@ def _members_mode(mode: str, x: torch.Tensor) -> bool:
     return mode == "members" or (mode == "auto" and x.device.type == "cpu")
 
 
-def _run_each(layers: nn.Sequential, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-    if xs and torch.is_autocast_enabled(xs[0].device.type):  # as a lone run's bf16 convolutions: channels-last
-        xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
-    for layer in layers:
-        if isinstance(layer, StackedConv2d):
-            xs = layer.forward_each(xs)
-        elif isinstance(layer, nn.ReLU):
-            xs = [nn.functional.relu(x, inplace=layer.inplace) for x in xs]
-        elif not isinstance(layer, nn.Identity):
-            raise TypeError(f"no member-by-member rule for {type(layer).__name__}")
-    return xs
+def _member_stack(layers: nn.Sequential):
+    """(fn, params): fn(x, [p[m] for p in params]) runs member m's convolutions and ReLUs on x, as
+    its lone network would (channels-last under autocast, as a lone bf16 run)."""
+    convs = [layer for layer in layers if isinstance(layer, StackedConv2d)]
+    params = [t for c in convs for t in (c.weight, c.bias)]
+
+    def fn(x: torch.Tensor, ps: list[torch.Tensor]) -> torch.Tensor:
+        channels_last = torch.is_autocast_enabled(x.device.type)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        i = 0
+        for layer in layers:
+            if isinstance(layer, StackedConv2d):
+                w, b = ps[i], ps[i + 1]
+                i += 2
+                if channels_last:
+                    w = w.contiguous(memory_format=torch.channels_last)
+                conv = nn.functional.conv_transpose2d if layer.transposed else nn.functional.conv2d
+                x = conv(x, w, b, stride=2, padding=1)
+            elif isinstance(layer, nn.ReLU):
+                x = nn.functional.relu(x, inplace=layer.inplace)
+            elif not isinstance(layer, nn.Identity):
+                raise TypeError(f"no member-by-member rule for {type(layer).__name__}")
+        return x
+
+    return fn, params
+
+
+def _run_members(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """Every member's stack on x[m], stacked: members side by side on threads on a multi-threaded
+    CPU (models._threaded), else one after another."""
+    fn, params = _member_stack(layers)
+    if x.device.type == "cpu" and _threaded.workers() > 1 and x.shape[0] > 1:
+        return _threaded.run_stacks(fn, x, params)
+    unbound = [p.unbind(0) for p in params]  # one gradient node per parameter for all members
+    return torch.stack([fn(x[m], [u[m] for u in unbound]) for m in range(x.shape[0])])
 
 
 def members_to_channels(x: torch.Tensor) -> torch.Tensor:
@@ -127,8 +154,9 @@ class Encoder(nn.Module):
         if self.members is None:
             return self.fc(self.conv(x))
         if _members_mode(self.conv_mode, x):
-            xs = [x] * self.members if x.dim() == 4 else list(x.unbind(0))
-            return self.fc(torch.stack([h.flatten(1) for h in _run_each(self.conv, xs)]))
+            if x.dim() == 4:
+                x = x.unsqueeze(0).expand(self.members, *x.shape)
+            return self.fc(_run_members(self.conv, x).flatten(2))
         if x.dim() == 4:
             x = x.unsqueeze(0).expand(self.members, *x.shape)
         h = self.conv(members_to_channels(x))  # (N, M * 64, 4, 4)
@@ -167,7 +195,7 @@ class Decoder(nn.Module):
         h = self.fc(z)  # (M, N, 1024)
         m, n = h.shape[:2]
         if _members_mode(self.conv_mode, h):
-            return torch.stack(_run_each(self.deconv, [hm.reshape(n, 64, 4, 4) for hm in h.unbind(0)]))
+            return _run_members(self.deconv, h.reshape(m, n, 64, 4, 4))
         h = h.transpose(0, 1).reshape(n, m * 64, 4, 4).contiguous(memory_format=LAYOUT)
         return channels_to_members(self.deconv(h), m)
 
