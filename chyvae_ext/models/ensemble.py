@@ -8,8 +8,8 @@ and the loss code is the lone model's (it reduces over the last batch dimension)
 comes out per member, (M,). The CHyVAE regulariser takes all members' datapoints in one call, each
 with its member's nu (nu of shape (N,)). Explicit stacked layers rather than torch.func's vmap:
 the grouped convolutions are what vmap would build, but written out they compile, pick their
-memory layout (channels-last, the faster one on the CPU for grouped convolutions, measured) and
-keep the state dict's names.
+memory layout, can run member by member instead (the faster way on a CPU, see
+:mod:`chyvae_ext.models.networks`) and keep the state dict's names.
 
 What is shared and what is not. Members share only the shapes (model kind, dataset, z_dim,
 hidden, batch size, K) and the step counter; each has its own parameters, hyperparameters (beta,

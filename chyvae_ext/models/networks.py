@@ -6,10 +6,11 @@ name, so member m's state dict is the stacked one indexed at m. Linear layers ru
 matrix product. The convolution stacks run in one of two ways (``conv_mode``, the same parameters
 either way): "grouped", one grouped convolution per layer whose group m is member m's channels
 (channels-last), which keeps a GPU busy with one launch per layer; or "members", each member's
-convolutions on its own images in the lone layout, one after the other. On the CPU "members" is
-faster: a grouped layer's activations are M times larger and fall out of the caches that hold a
-lone run's (measured on a 2-core Xeon, an ensemble of 8 CHyVAEs: grouped 0.86x the member-steps/s
-of 8 lone runs, benchmarks/RESULTS.md). "auto" (the default) picks "members" on the CPU and
+convolutions on its own images in the lone layout (on a multi-threaded CPU members side by side on
+threads, one intra-op thread each: models._threaded). On the CPU "members" is faster: a grouped
+layer's activations are M times larger and fall out of the caches that hold a lone run's (measured
+on a 2-core Xeon, an ensemble of 8 CHyVAEs: grouped 0.86x the member-steps/s of 8 lone runs,
+members 1.07-1.16x; benchmarks/RESULTS.md). "auto" (the default) picks "members" on the CPU and
 "grouped" elsewhere.
 """
 
