@@ -409,13 +409,13 @@ def test_sweep_cli_ensemble_size_refusal(tmp_path, capsys):
 # ---- the stacked layers and helpers -----------------------------------------------------------------------------
 @pytest.mark.parametrize("transposed", [False, True])
 def test_stacked_conv_grouped_and_member_by_member_equal_each_members_own_convolution(transposed):
-    from chyvae_ext.models.networks import StackedConv2d, channels_to_members, members_to_channels
+    from chyvae_ext.models.networks import StackedConv2d, _run_members, channels_to_members, members_to_channels
 
     torch.manual_seed(0)
     layer = StackedConv2d(3, 4, 5, transposed=transposed).double()
     x = torch.randn(3, 2, 4, 8, 8, dtype=torch.float64)
     grouped = channels_to_members(layer(members_to_channels(x)), 3)
-    each = layer.forward_each(list(x.unbind(0)))
+    each = _run_members(torch.nn.Sequential(layer), x)
     cls = torch.nn.ConvTranspose2d if transposed else torch.nn.Conv2d
     for m in range(3):
         own = cls(4, 5, 4, stride=2, padding=1).double()
@@ -467,3 +467,26 @@ def test_checkpoint_step_reads_the_last_checkpoint(tmp_path):
     for step in (500, 1500, 1000):
         (tmp_path / "checkpoints" / f"step_{step:08d}.pt").write_bytes(b"")
     assert checkpoint_step(tmp_path) == 1500
+
+
+def test_members_side_by_side_on_threads_equal_members_one_after_another():
+    # the threaded stacks (a multi-threaded CPU) against the serial ones (one thread), values and gradients
+    from chyvae_ext.models import _threaded
+
+    lones = lone_models("chyvae", torch.float64)
+    xs = torch.rand(3, 4, 1, 64, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    results = []
+    threads = torch.get_num_threads()
+    for n in (2, 1):
+        torch.set_num_threads(n)
+        try:
+            ens = stack_models(lones)
+            assert (_threaded.workers() > 1) == (n > 1)
+            out = ens.loss(xs, generator=[torch.Generator().manual_seed(i) for i in range(3)])
+            out["loss"].sum().backward()
+            results.append((out["loss"].detach(), [p.grad for p in ens.parameters()]))
+        finally:
+            torch.set_num_threads(threads)
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert rel(loss_a, loss_b) <= 1e-12
+    assert all(rel(a, b) <= 1e-10 for a, b in zip(grads_a, grads_b, strict=True))

@@ -21,7 +21,7 @@ from torch import nn
 
 from . import _threaded
 
-LAYOUT = torch.channels_last
+LAYOUT = torch.channels_last  # the grouped convolutions' memory layout
 
 
 class StackedLinear(nn.Module):
@@ -57,14 +57,6 @@ class StackedConv2d(nn.Module):
         conv = nn.functional.conv_transpose2d if self.transposed else nn.functional.conv2d
         w, b = self.weight.flatten(0, 1), self.bias.flatten()
         return conv(x, w, b, stride=2, padding=1, groups=m)
-
-    def forward_each(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Member by member: xs[m] (N, in, H, W) -> (N, out, H', W') with member m's weights."""
-        conv = nn.functional.conv_transpose2d if self.transposed else nn.functional.conv2d
-        ws, bs = self.weight.unbind(0), self.bias.unbind(0)  # one gradient node for all members
-        if xs and xs[0].is_contiguous(memory_format=torch.channels_last) and not xs[0].is_contiguous():
-            ws = [w.contiguous(memory_format=torch.channels_last) for w in ws]  # as a channels-last lone model's
-        return [conv(x, w, b, stride=2, padding=1) for x, w, b in zip(xs, ws, bs, strict=True)]
 
 
 CONV_MODES = ("auto", "grouped", "members")
