@@ -100,7 +100,8 @@ def _run_members(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """Every member's stack on x[m], stacked: members side by side on threads on a multi-threaded
     CPU (models._threaded), else one after another."""
     fn, params = _member_stack(layers)
-    if x.device.type == "cpu" and _threaded.workers() > 1 and x.shape[0] > 1:
+    # A traced graph runs the members one after another (checked first: Dynamo cannot trace the threads).
+    if not torch.compiler.is_compiling() and x.device.type == "cpu" and _threaded.workers() > 1 and x.shape[0] > 1:
         return _threaded.run_stacks(fn, x, params)
     unbound = [p.unbind(0) for p in params]  # one gradient node per parameter for all members
     return torch.stack([fn(x[m], [u[m] for u in unbound]) for m in range(x.shape[0])])
