@@ -50,6 +50,7 @@ from .models.ensemble import (
     select_optimizer_members,
     stack_models,
 )
+from .models.networks import INITS, initialise
 from .plots import save_curves, save_model_pictures
 from .runfiles import read_metrics
 
@@ -76,6 +77,7 @@ class TrainConfig:
     device: str = "cpu"
     precision: str = "auto"  # fp32 | bf16 | auto (bf16 where the hardware has fast bf16)
     impl: str = "auto"
+    init: str = "torch"  # torch (PyTorch's default) | glorot (Glorot-uniform weights, zero biases: the paper's TF code)
     out: str | None = None
     log_every: int = 50
     eval_every: int = 1250
@@ -159,6 +161,8 @@ def check_config(c: TrainConfig) -> None:
         raise ValueError(f"--metric-protocol must be one of {', '.join(PROTOCOLS)}, got {c.metric_protocol!r}")
     if c.impl not in ("auto", "fused", "reference"):
         raise ValueError(f"--impl must be auto, fused or reference, got {c.impl!r}")
+    if c.init not in INITS:
+        raise ValueError(f"--init must be one of {', '.join(INITS)}, got {c.init!r}")
     try:
         dev = torch.device(c.device)
     except RuntimeError as exc:
@@ -168,11 +172,16 @@ def check_config(c: TrainConfig) -> None:
 
 
 def build_model(c: TrainConfig, channels: int) -> torch.nn.Module:
+    """The configured lone model, initialised as ``c.init`` says (from torch's global generator)."""
     if c.model == "chyvae":
-        return CHyVAE(c.z_dim, channels, c.hidden, nu=c.nu, learn_nu=c.learn_nu, num_samples=c.num_samples, impl=c.impl)
-    if c.model == "betavae":
-        return BetaVAE(c.z_dim, channels, c.hidden, beta=c.beta)
-    return FactorVAE(c.z_dim, channels, c.hidden, gamma=c.gamma)
+        model = CHyVAE(
+            c.z_dim, channels, c.hidden, nu=c.nu, learn_nu=c.learn_nu, num_samples=c.num_samples, impl=c.impl
+        )
+    elif c.model == "betavae":
+        model = BetaVAE(c.z_dim, channels, c.hidden, beta=c.beta)
+    else:
+        model = FactorVAE(c.z_dim, channels, c.hidden, gamma=c.gamma)
+    return initialise(model, c.init)
 
 
 def fixed_batches(dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -863,6 +872,9 @@ def parse_args(argv: list[str] | None) -> tuple[list[TrainConfig], bool, bool]:
     parser.add_argument("--device")
     parser.add_argument("--precision", choices=("fp32", "bf16", "auto"))
     parser.add_argument("--impl", choices=("auto", "fused", "reference"))
+    parser.add_argument(
+        "--init", choices=INITS, help="the layers' initialisation: torch (default) or glorot (as the paper's TF code)"
+    )
     parser.add_argument("--out", help="run directory (default runs/<model>-<dataset>-seed<seed>)")
     parser.add_argument("--log-every", dest="log_every", type=int)
     parser.add_argument("--eval-every", dest="eval_every", type=int)

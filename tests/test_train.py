@@ -246,3 +246,12 @@ def test_cpu_flags_reads_this_machine():
 
     flags = cpu_flags()
     assert flags is None or "fpu" in flags or any(f.startswith(("sse", "asimd", "fp")) for f in flags)
+
+
+def test_init_option_from_a_config_file(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("init: he\n")
+    assert main(["--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "run")]) == 2
+    assert "--init must be one of torch, glorot, got 'he'" in capsys.readouterr().err
+    status = train(TrainConfig(model="betavae", init="glorot", out=str(tmp_path / "ok"), **dict(FAST, steps=4)))
+    assert status["state"] == "finished"
+    assert json.loads((tmp_path / "ok" / "config.json").read_text())["init"] == "glorot"

@@ -194,6 +194,25 @@ class Decoder(nn.Module):
         return channels_to_members(self.deconv(h), m)
 
 
+INITS = ("torch", "glorot")
+
+
+def initialise(model: nn.Module, scheme: str = "torch") -> nn.Module:
+    """Re-initialises a lone model's layers in place and returns it: "torch" leaves PyTorch's default
+    (Kaiming-uniform weights and fan-in-scaled uniform biases) as built; "glorot" gives every
+    convolution, transposed convolution and linear layer Glorot-uniform weights and zero biases, as
+    TensorFlow's defaults did for the paper's code (U(-a, a), a = sqrt(6 / (fan_in + fan_out))).
+    Draws from torch's global generator, like the default initialisation."""
+    if scheme not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {scheme!r}")
+    if scheme == "glorot":
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+    return model
+
+
 def reconstruction_error(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Bernoulli negative log-likelihood summed over pixels, per datapoint, in nats: (N,) for
     (N, C, H, W) images, (M, N) for an ensemble's (M, N, C, H, W)."""
