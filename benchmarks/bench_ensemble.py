@@ -24,9 +24,9 @@ import argparse
 import json
 import platform
 import statistics
-import time
 
 import torch
+from bench_train import time_steps  # benchmarks/ is on the path when a script here runs
 
 import chyvae_ext
 from chyvae_ext.data import get_dataset
@@ -101,16 +101,6 @@ def ensemble_step(model_name: str, precision: str, device: str, members: int, ba
     return make_step(model, opt, opt_d, batches(), gens, bf16=configs[0].precision == "bf16")
 
 
-def _time(fn, device: str, n: int) -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        out = fn()
-    float(out["loss"].detach().sum())  # wait for the device
-    return (time.perf_counter() - t0) / n
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, nargs="+", default=[1, 2, 4, 8, 16])
@@ -149,7 +139,7 @@ def main(argv=None) -> int:
                 for r in range(args.repeats):
                     order = [(lone, t_lone), (ens, t_ens)]
                     for fn, times in order if r % 2 == 0 else order[::-1]:
-                        times.append(_time(fn, device, args.steps_per_repeat))
+                        times.append(time_steps(fn, device, args.steps_per_repeat))
                 row = {
                     "model": model_name,
                     "precision": precision,

@@ -61,12 +61,14 @@ def setup(cfg: dict, batch_size: int, device: str, images: torch.Tensor):
 
 
 def time_steps(step, device: str, n: int) -> float:
+    """Seconds per call of step() over n calls, waiting for the device at the end (the loss may be
+    one value or an ensemble's one per member)."""
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(n):
         out = step()
-    float(out["loss"].detach())  # wait for the last step
+    float(out["loss"].detach().sum())  # wait for the last step
     return (time.perf_counter() - t0) / n
 
 

@@ -193,30 +193,26 @@ def fixed_batches(dataset, device: torch.device) -> tuple[torch.Tensor, torch.Te
 
 def held_out_terms(model: torch.nn.Module, held_out: torch.Tensor, *, bf16: bool) -> dict[str, float]:
     """The model's loss terms (neg_elbo, recon, ...) on the held-out batch, in eval mode, with fixed noise."""
-    device = held_out.device
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        out = model.loss(held_out, generator=torch.Generator(device=device).manual_seed(0))
-    model.train(was_training)
-    return {k: float(v) for k, v in out.items() if k not in ("z", "loss")}
+    return member_held_out_terms(model, held_out, bf16=bf16)[0]
 
 
 def member_held_out_terms(model: torch.nn.Module, held_out: torch.Tensor, *, bf16: bool) -> list[dict[str, float]]:
     """held_out_terms for each member: a lone model's one dict; an ensemble's one per member, each
     member on the same images with the lone run's fixed noise (its own generator seeded 0)."""
     members = getattr(model, "members", None)
-    if members is None:
-        return [held_out_terms(model, held_out, bf16=bf16)]
     device = held_out.device
-    gens = [torch.Generator(device=device).manual_seed(0) for _ in range(members)]
+    if members is None:
+        x, generator = held_out, torch.Generator(device=device).manual_seed(0)
+    else:
+        x = held_out.unsqueeze(0).expand(members, *held_out.shape)
+        generator = [torch.Generator(device=device).manual_seed(0) for _ in range(members)]
     was_training = model.training
     model.eval()
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        out = model.loss(held_out.unsqueeze(0).expand(members, *held_out.shape), generator=gens)
+        out = model.loss(x, generator=generator)
     model.train(was_training)
-    values = {k: v.float().tolist() for k, v in out.items() if k not in ("z", "loss")}
-    return [{k: v[i] for k, v in values.items()} for i in range(members)]
+    values = {k: v.float().reshape(-1).tolist() for k, v in out.items() if k not in ("z", "loss")}
+    return [{k: v[i] for k, v in values.items()} for i in range(members or 1)]
 
 
 def load_config_file(path: str) -> dict:
@@ -637,7 +633,8 @@ class Trainer:
         nus = None
         if self.c.model == "chyvae" and self.c.learn_nu:
             nus = torch.as_tensor(self.model.nu).detach().float().reshape(-1).tolist()
-        for i, (m, sums) in enumerate(zip(self.members, self.sums.tolist(), strict=True)):
+        all_sums = self.sums.tolist()  # one transfer for the rows, the bar and the line
+        for i, (m, sums) in enumerate(zip(self.members, all_sums, strict=True)):
             row = {
                 "kind": "train",
                 "step": step,
@@ -650,13 +647,13 @@ class Trainer:
             for k, v in row.items():
                 if k not in ("kind", "step"):
                     m.writer.add_scalar(f"train/{k}", v, step)
-        losses = [s[self.term_names.index("loss")] / since for s in self.sums.tolist()]
+        losses = [s[self.term_names.index("loss")] / since for s in all_sums]
         if self.bar is not None:
             self.bar.update(since)
             self.bar.set_postfix(loss=_span(losses, 1), steps_s=f"{rate:.1f}")
         else:
             who = f"  {len(self.members)} members" if self.stacked else ""
-            recon = self.sums[0, self.term_names.index("recon")].item() / since
+            recon = all_sums[0][self.term_names.index("recon")] / since
             detail = f"  loss {_span(losses, 2)}" + ("" if self.stacked else f"  recon {recon:.2f}")
             print(f"step {step}/{self.c.steps}{who}{detail}  {rate:.1f} steps/s", flush=True)
         self.sums.zero_()
@@ -772,6 +769,7 @@ class Trainer:
         self.bar = _progress(c.steps, self.step_count)
         self.model.train()
         self.t_last, self.steps_since = time.perf_counter(), 0
+        self.started_at = self.step_count
         with StopRequested() as stop:
             while self.step_count < c.steps and stop.signal is None and self.members:
                 self.step()
@@ -811,7 +809,7 @@ class Trainer:
                 m.status = {"state": "finished", "step": self.step_count, "checkpoint": str(m.last_good)}
             m.run.write_json("status.json", m.status)
             m.writer.close()
-        if signum is None:
+        if signum is None and self.step_count == self.started_at:  # a step run here drew them at its end
             self.pictures()
 
 

@@ -82,6 +82,13 @@ __device__ inline RegParams block_params(const RegConfig& c, const NuPtr& nu, bo
   return shared_params;
 }
 
+// What every kernel starts from: the call's scalars (block_params) for a 0-d nu; for a per-datapoint
+// nu none yet (row_params / warp_row_params compute each datapoint's). The branch is the same for
+// the whole grid, so no block skips block_params' barriers in part. Every thread must call it.
+__device__ inline RowParamsCache start_params(const RegConfig& c, const NuPtr& nu, bool backward) {
+  return RowParamsCache{NAN, nu.rows ? RegParams{} : block_params(c, nu, backward)};
+}
+
 // Doubles of scratch per thread: the K = 1 isotropic fast path needs d + 6 only when it has no
 // `saved` buffer to work in (forward without saving, backward recomputing); the general path needs
 // reg_workspace_size.
@@ -98,14 +105,13 @@ __global__ void __launch_bounds__(kThreads)
                                const T* __restrict__ L, const T* __restrict__ z, const double* __restrict__ prec,
                                double* __restrict__ ws, int64_t ws_size, double* __restrict__ saved,
                                T* __restrict__ out) {
-  const RegParams call_p = nu.rows ? RegParams{} : block_params(cfg, nu, false);  // uniform branch
-  RowParamsCache cache{NAN, call_p};
+  RowParamsCache cache = start_params(cfg, nu, false);
   const int64_t d = cfg.d, kd = static_cast<int64_t>(cfg.K) * cfg.d;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   double* w = ws + tid * ws_size;
   for (int64_t i = tid; i < n; i += step) {
-    const RegParams& p = nu.rows ? row_params(cfg, nu, i, false, cache) : call_p;
+    const RegParams& p = nu.rows ? row_params(cfg, nu, i, false, cache) : cache.p;
     if (prec == nullptr && p.K == 1) {
       double* si = saved != nullptr ? saved + i * reg_iso1_saved_size(p.d) : w;
       out[i] = static_cast<T>(reg_forward_point_iso1<DS>(p, mu + i * d, L + i * d * d, z + i * d, si));
@@ -122,14 +128,13 @@ __global__ void __launch_bounds__(kThreads)
                                 const double* __restrict__ prec, const double* __restrict__ saved,
                                 double* __restrict__ ws, int64_t ws_size, T* __restrict__ g_mu,
                                 T* __restrict__ g_l, T* __restrict__ g_z, double* __restrict__ g_nu) {
-  const RegParams call_p = nu.rows ? RegParams{} : block_params(cfg, nu, true);  // uniform branch
-  RowParamsCache cache{NAN, call_p};
+  RowParamsCache cache = start_params(cfg, nu, true);
   const int64_t d = cfg.d, kd = static_cast<int64_t>(cfg.K) * cfg.d;
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   double* w = ws + tid * ws_size;
   for (int64_t i = tid; i < n; i += step) {
-    const RegParams& p = nu.rows ? row_params(cfg, nu, i, true, cache) : call_p;
+    const RegParams& p = nu.rows ? row_params(cfg, nu, i, true, cache) : cache.p;
     const double g = static_cast<double>(grad[i * grad_stride]);
     if (prec == nullptr && p.K == 1) {
       const double* si = saved != nullptr ? saved + i * reg_iso1_saved_size(p.d) : nullptr;
@@ -201,7 +206,7 @@ __global__ void __launch_bounds__(kThreads)
     regularizer_forward_warp_kernel(RegConfig cfg, NuPtr nu, int64_t n, const T* __restrict__ mu,
                                     const T* __restrict__ L, const T* __restrict__ z, double* __restrict__ saved,
                                     T* __restrict__ out) {
-  RowParamsCache cache{NAN, nu.rows ? RegParams{} : block_params(cfg, nu, false)};  // uniform branch
+  RowParamsCache cache = start_params(cfg, nu, false);
   const RegParams& p = cache.p;
   const int64_t d = cfg.d;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
@@ -230,7 +235,7 @@ __global__ void __launch_bounds__(kThreads)
                                      const T* __restrict__ z, const double* __restrict__ saved,
                                      T* __restrict__ g_mu, T* __restrict__ g_l, T* __restrict__ g_z,
                                      double* __restrict__ g_nu) {
-  RowParamsCache cache{NAN, nu.rows ? RegParams{} : block_params(cfg, nu, true)};  // uniform branch
+  RowParamsCache cache = start_params(cfg, nu, true);
   const RegParams& p = cache.p;
   const int d = cfg.d;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
