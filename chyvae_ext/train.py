@@ -39,6 +39,7 @@ import torch
 from ._checks import check_int
 from .data import DataError, get_dataset
 from .data.base import GroundTruthDataset
+from .data.fixed import fixed_sample
 from .metrics import PROTOCOLS, SharedEncodings, make_encoder, parse_metrics, score
 from .models import BetaVAE, CHyVAE, FactorVAE
 from .models.ensemble import (
@@ -63,6 +64,7 @@ class TrainConfig:
     model: str = "chyvae"
     dataset: str = "correlated_ellipses"
     data_root: str | None = None
+    dataset_size: int | None = None  # a fixed set of N images drawn once (seed 0) from a procedural dataset
     z_dim: int | None = None  # default: 10 for the synthetic sets, 32 otherwise (SPEC 2)
     hidden: int | None = None  # default: 128 for the synthetic sets, 256 otherwise
     nu: float = 200.0
@@ -145,6 +147,8 @@ def check_config(c: TrainConfig) -> None:
         "num_samples",
     ):
         check_int(f"--{name.replace('_', '-')}", getattr(c, name), 1)
+    if c.dataset_size is not None:
+        check_int("--dataset-size", c.dataset_size, 1)
     for name in ("lr", "beta", "gamma", "nu"):
         v = getattr(c, name)
         if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -185,7 +189,10 @@ def build_model(c: TrainConfig, channels: int) -> torch.nn.Module:
 
 
 def fixed_batches(dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(8 images for the pictures, 256 held-out images for the held-out ELBO), the same for every run on a dataset."""
+    """(8 images for the pictures, 256 held-out images for the held-out ELBO), the same for every run on a dataset.
+
+    A fixed set (``--dataset-size``) takes them from its generator: the same images as the stream's runs."""
+    dataset = getattr(dataset, "generator", dataset)
     fixed = next(dataset.batches(8, device=device, generator=torch.Generator().manual_seed(1234)))
     held_out = next(dataset.batches(256, device=device, generator=torch.Generator().manual_seed(4321)))
     return fixed, held_out
@@ -451,9 +458,9 @@ class Member:
 
 
 ENSEMBLE_SHARED = (
-    "model", "dataset", "data_root", "z_dim", "hidden", "learn_nu", "num_samples", "steps", "batch_size", "lr",
-    "device", "precision", "impl", "log_every", "eval_every", "metrics", "metric_protocol", "ckpt_every",
-    "keep_checkpoints", "compile",
+    "model", "dataset", "data_root", "dataset_size", "z_dim", "hidden", "learn_nu", "num_samples", "steps",
+    "batch_size", "lr", "device", "precision", "impl", "log_every", "eval_every", "metrics", "metric_protocol",
+    "ckpt_every", "keep_checkpoints", "compile",
 )  # what an ensemble's members must share; each has its own seed, nu, beta, gamma and out
 
 
@@ -488,6 +495,8 @@ class Trainer:
             self._check_ensemble()
         try:
             self.dataset = get_dataset(c.dataset, c.data_root)
+            if c.dataset_size is not None:
+                self.dataset = fixed_sample(self.dataset, c.dataset_size)
         except (DataError, TypeError) as exc:
             raise ValueError(f"--dataset {c.dataset}: {exc}") from exc
         self.device = device = torch.device(c.device)
@@ -856,6 +865,13 @@ def parse_args(argv: list[str] | None) -> tuple[list[TrainConfig], bool, bool]:
     parser.add_argument("--model", choices=MODELS)
     parser.add_argument("--dataset")
     parser.add_argument("--data-root", dest="data_root")
+    parser.add_argument(
+        "--dataset-size",
+        dest="dataset_size",
+        type=int,
+        help="train on a fixed set of N images of a procedural dataset, drawn once from seed 0 and cached on disk "
+        "(the paper: 200000 for correlated_ellipses); default: an endless stream",
+    )
     parser.add_argument("--z-dim", dest="z_dim", type=int)
     parser.add_argument("--hidden", type=int)
     parser.add_argument("--nu", type=float, help=f"CHyVAE inverse-Wishart degrees of freedom (default {d.nu})")
