@@ -188,6 +188,13 @@ def build_model(c: TrainConfig, channels: int) -> torch.nn.Module:
     return initialise(model, c.init)
 
 
+def initial_model(c: TrainConfig, channels: int) -> torch.nn.Module:
+    """The run's model at step 0: built as ``c`` says from its seed (what a run starts from, and the floor
+    ``collect`` scores as "untrained")."""
+    torch.manual_seed(c.seed)
+    return build_model(c, channels)
+
+
 def fixed_batches(dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(8 images for the pictures, 256 held-out images for the held-out ELBO), the same for every run on a dataset.
 
@@ -550,8 +557,7 @@ class Trainer:
             raise ValueError(f"ensemble members must have distinct --out directories, got {outs}")
 
     def _lone_model(self, cfg: TrainConfig) -> torch.nn.Module:
-        torch.manual_seed(cfg.seed)  # the lone run's initial parameters
-        return build_model(cfg, self.dataset.channels)
+        return initial_model(cfg, self.dataset.channels)  # the lone run's initial parameters
 
     def _build(self) -> None:
         c, device = self.c, self.device

@@ -3,7 +3,11 @@
 sweep --grid FILE [--dry-run] [--ensemble [--ensemble-size N]]
                                  run a grid of trainings (resumable; see chyvae_ext.experiments.grid);
                                  --ensemble trains runs of one shape together as one batched model
-collect ROOT [--out DIR]         results.csv and results_by_step.csv from every run under ROOT
+collect ROOT [--out DIR] [--no-score] [--at-step S]
+                                 results.csv and results_by_step.csv from every run under ROOT, with
+                                 every run's last checkpoint scored under both FactorVAE protocols and
+                                 MIG and the untrained floor (minutes per run; --no-score skips it);
+                                 --at-step S prints the table of every run's evaluation at step S
 plot CSV [--out DIR]             tradeoff.png, by_step.png, time.png from collect's CSVs
 """
 
@@ -14,7 +18,7 @@ import dataclasses
 import sys
 
 from .._checks import check_int
-from .collect import collect_runs, markdown_table, summarise
+from .collect import STATES_ANY, TABLE_COLUMNS, collect_runs, markdown_table, read_csv, rows_at_step, summarise
 from .grid import load_grid
 from .plot import plot_all
 from .sweep import sweep
@@ -35,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("collect", help="gather runs into CSV")
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--out", help="directory for the CSVs (default ROOT)")
+    p.add_argument("--no-score", dest="score", action="store_false",
+                   help="skip the second opinions and the untrained floor")
+    p.add_argument("--at-step", dest="at_step", type=int,
+                   help="print the table at this evaluation step (runs still going included)")
     p = sub.add_parser("plot", help="draw the figures")
     p.add_argument("csv", metavar="CSV")
     p.add_argument("--out", help="directory for the figures (default: the CSV's)")
@@ -53,8 +61,19 @@ def main(argv: list[str] | None = None) -> int:
                 return 130
             return 1 if any(o == "failed" for o in outcome.values()) else 0
         if args.command == "collect":
-            path, rows = collect_runs(args.root, args.out)
-            print(markdown_table(summarise(rows)))
+            if args.at_step is not None:
+                check_int("--at-step", args.at_step)
+            progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.score else None
+            path, rows = collect_runs(args.root, args.out, score=args.score, progress=progress)
+            columns = TABLE_COLUMNS if args.score else ("factor_vae", "recon", "neg_elbo")
+            if args.at_step is None:
+                print(markdown_table(summarise(rows, columns), columns))
+            else:
+                by_step = read_csv(path.with_name("results_by_step.csv"))
+                at = rows_at_step(by_step, args.at_step) + [r for r in rows if r.get("state") == "untrained"]
+                if len(at) == len([r for r in rows if r.get("state") == "untrained"]):
+                    raise ValueError(f"--at-step {args.at_step}: no run has an evaluation at that step")
+                print(markdown_table(summarise(at, columns, states=STATES_ANY), columns))
             print(f"{len(rows)} runs -> {path} and {path.with_name('results_by_step.csv')}")
             return 0
         for path in plot_all(args.csv, args.out, args.metric):

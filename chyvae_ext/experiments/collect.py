@@ -2,7 +2,10 @@
 
 ``results.csv``: one row per run with its model, swept hyperparameter and value, seed, final step,
 state, the last evaluation's metrics and held-out terms, and the median training time per 1,000
-steps. ``results_by_step.csv``: one row per evaluation of every run (for metric-vs-step figures).
+steps; unless ``score=False``, also every run's last checkpoint scored under both FactorVAE
+protocols and MIG, and "untrained" rows (the floor: the same models at step 0), see
+:mod:`chyvae_ext.experiments.scores`. ``results_by_step.csv``: one row per evaluation of every run
+(for metric-vs-step figures).
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ import statistics
 from pathlib import Path
 
 from ..runfiles import read_metrics
+from ..train import TrainConfig
 
 HYPER = {"chyvae": "nu", "betavae": "beta", "factorvae": "gamma"}
+TABLE_COLUMNS = ("factor_vae", "factor_vae_kim_mnih", "mig", "recon", "neg_elbo")
+STATES_ANY = ("finished", "untrained", "running", "interrupted", "failed", "unknown")
 _FIRST = ["run", "model", "hyper", "value", "seed", "step", "state"]
 
 
@@ -56,21 +62,34 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def collect_runs(root: str | Path, out: str | Path | None = None) -> tuple[Path, list[dict]]:
-    """Write ``results.csv`` and ``results_by_step.csv`` (in ``out``, default ``root``); returns (csv path, rows)."""
+def collect_runs(
+    root: str | Path, out: str | Path | None = None, *, score: bool = True, progress=None
+) -> tuple[Path, list[dict]]:
+    """Write ``results.csv`` and ``results_by_step.csv`` (in ``out``, default ``root``); returns (csv path, rows).
+
+    ``score``: add the second opinions and the untrained floor (minutes per run on a CPU, cached);
+    ``progress`` receives a line as each score starts and ends.
+    """
+    from .scores import score_run, untrained_rows
+
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"ROOT {root}: no such directory")
-    finals, steps = [], []
+    finals, steps, configs = [], [], []
     for run_dir in sorted(p.parent for p in root.rglob("config.json")):
         got = _run_rows(run_dir)
         if got is not None:
+            if score and any((run_dir / "checkpoints").glob("step_*.pt")):
+                got[0].update(score_run(run_dir, progress=progress))
+                configs.append(TrainConfig(**json.loads((run_dir / "config.json").read_text())))
             finals.append(got[0])
             steps += got[1]
     if not finals:
         raise ValueError(f"ROOT {root}: no run directories (with config.json) under it")
     out = Path(out) if out is not None else root
     out.mkdir(parents=True, exist_ok=True)
+    if score:
+        finals += untrained_rows(configs, out / "untrained_scores.json", progress=progress)
     _write_csv(out / "results.csv", finals)
     _write_csv(out / "results_by_step.csv", steps)
     return out / "results.csv", finals
@@ -94,12 +113,17 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarise(rows: list[dict], metrics: tuple[str, ...] = ("factor_vae", "recon", "neg_elbo")) -> list[dict]:
+def summarise(
+    rows: list[dict],
+    metrics: tuple[str, ...] = ("factor_vae", "recon", "neg_elbo"),
+    states: tuple[str, ...] = ("finished", "untrained"),
+) -> list[dict]:
     """Per (model, hyperparameter value): n seeds, and mean and sample std of each metric, over the
-    finished runs only (a run still going, or stopped, has its last evaluation at another step)."""
+    rows whose state is in ``states`` (default the finished runs and the untrained floor: a run still
+    going, or stopped, has its last evaluation at another step). Rows without a state count as finished."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r.get("state", "finished") != "finished":
+        if r.get("state", "finished") not in states:
             continue
         groups.setdefault((r["model"], r["hyper"], float(r["value"])), []).append(r)
     out = []
@@ -111,6 +135,11 @@ def summarise(rows: list[dict], metrics: tuple[str, ...] = ("factor_vae", "recon
                 s[f"{m}_mean"], s[f"{m}_std"] = mean_std(vals)
         out.append(s)
     return out
+
+
+def rows_at_step(by_step: list[dict], step: int) -> list[dict]:
+    """The rows of results_by_step at ``step``: every run's evaluation there, whatever its state."""
+    return [r for r in by_step if int(float(r["step"])) == step]
 
 
 def markdown_table(summary: list[dict], metrics: tuple[str, ...] = ("factor_vae", "recon")) -> str:

@@ -1,0 +1,125 @@
+"""collect's second opinions (both FactorVAE protocols and MIG at the last checkpoint) and the untrained floor."""
+
+import json
+
+import pytest
+
+from chyvae_ext.data import get_dataset
+from chyvae_ext.experiments import collect_runs, summarise
+from chyvae_ext.experiments import scores as scores_mod
+from chyvae_ext.experiments.__main__ import main
+from chyvae_ext.metrics import PROTOCOLS, make_encoder, suite
+from chyvae_ext.metrics.factor_vae import Protocol, factor_vae_score
+from chyvae_ext.metrics.information import mig
+from chyvae_ext.train import TrainConfig, initial_model, train
+
+FAST = {"steps": 6, "batch_size": 8, "log_every": 3, "eval_every": 6, "ckpt_every": 3, "precision": "fp32",
+        "z_dim": 4, "hidden": 16, "nu": 10.0, "metrics": "factor_vae,mig"}
+
+
+def small_mig(encode, dataset, *, seed):
+    return mig(encode, dataset, num_train=300, seed=seed)
+
+
+@pytest.fixture(autouse=True)
+def small_protocols(monkeypatch):
+    monkeypatch.setitem(PROTOCOLS, "chyvae", Protocol(8, 12, 12, 60, 0, 0.0))
+    monkeypatch.setitem(PROTOCOLS, "kim_mnih", Protocol(6, 14, 10, 80, 0, 0.05))
+    monkeypatch.setattr(suite, "mig", small_mig)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(PROTOCOLS, "chyvae", Protocol(8, 12, 12, 60, 0, 0.0))
+        mp.setattr(suite, "mig", small_mig)
+        for model in ("chyvae", "betavae"):
+            assert train(TrainConfig(model=model, seed=0, out=str(root / f"{model}-seed0"), **FAST))["state"] == "finished"
+    return root
+
+
+def encoder_of(run_dir):
+    from chyvae_ext.evaluate import load_run
+
+    model, _, _, _ = load_run(run_dir)
+    return make_encoder(model)
+
+
+def test_second_opinions_equal_the_metrics_computed_directly(runs, tmp_path):
+    _, rows = collect_runs(runs, tmp_path)
+    by_run = {r["run"]: r for r in rows}
+    ds = get_dataset("correlated_ellipses")
+    for name in ("chyvae-seed0", "betavae-seed0"):
+        row = by_run[name]
+        encode = encoder_of(runs / name)
+        assert row["scored_step"] == 6
+        assert row["factor_vae_chyvae"] == row["factor_vae"]  # training's evaluation at step 6, reused
+        assert row["mig_scored"] == row["mig"]
+        kim = factor_vae_score(encode, ds, protocol="kim_mnih", seed=0)["eval_accuracy"]
+        assert row["factor_vae_kim_mnih"] == kim
+    assert json.loads((runs / "chyvae-seed0" / "scores.json").read_text())["6"]["factor_vae_kim_mnih"] == (
+        by_run["chyvae-seed0"]["factor_vae_kim_mnih"]
+    )
+
+
+def test_untrained_rows_score_the_models_at_step_0(runs, tmp_path):
+    _, rows = collect_runs(runs, tmp_path)
+    floor = {r["runs_like"]: r for r in rows if r["model"] == "untrained"}
+    assert set(floor) == {"chyvae", "betavae"}  # their encoders' heads differ: two floors
+    ds = get_dataset("correlated_ellipses")
+    for model, row in floor.items():
+        config = TrainConfig(model=model, seed=0, **FAST).resolved()
+        encode = make_encoder(initial_model(config, 1).eval())
+        assert row["factor_vae_chyvae"] == factor_vae_score(encode, ds, protocol="chyvae", seed=0)["eval_accuracy"]
+        assert row["factor_vae_kim_mnih"] == factor_vae_score(encode, ds, protocol="kim_mnih", seed=0)["eval_accuracy"]
+        assert row["mig_scored"] == mig(encode, ds, num_train=300, seed=0)["mig"]
+        assert row["factor_vae"] == row["factor_vae_chyvae"] and row["state"] == "untrained" and row["step"] == 0
+    s = {(x["model"], x["value"]): x for x in summarise(rows, ("factor_vae", "factor_vae_kim_mnih"))}
+    assert s[("untrained", 0.0)]["seeds"] == 2
+
+
+def test_runs_sharing_an_initial_encoder_share_one_floor(runs, tmp_path):
+    config = TrainConfig(model="chyvae", seed=0, **FAST)
+    rows = scores_mod.untrained_rows([config, TrainConfig(**{**config.__dict__, "nu": 20.0})],
+                                     tmp_path / "u.json")
+    assert len(rows) == 1 and rows[0]["runs_like"] == "chyvae"
+
+
+def test_scores_are_cached_and_not_recomputed(runs, tmp_path, monkeypatch):
+    collect_runs(runs, tmp_path)
+    first = json.loads((tmp_path / "untrained_scores.json").read_text())
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored again although cached")
+
+    monkeypatch.setattr(scores_mod, "score", no_scoring)
+    _, rows = collect_runs(runs, tmp_path)
+    assert json.loads((tmp_path / "untrained_scores.json").read_text()) == first
+    assert all("factor_vae_kim_mnih" in r for r in rows)
+
+
+def test_no_score_skips_the_second_opinions(runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(scores_mod, "score_encoder", lambda *a, **k: pytest.fail("scored with score=False"))
+    _, rows = collect_runs(runs, tmp_path, score=False)
+    assert len(rows) == 2 and not any("factor_vae_kim_mnih" in r for r in rows)
+
+
+def test_collect_cli_at_step_prints_the_table_there(runs, tmp_path, capsys):
+    assert main(["collect", str(runs), "--out", str(tmp_path), "--at-step", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "| chyvae | nu = 10 | 1 |" in out and "| untrained | step = 0 | 2 |" in out
+    assert "factor_vae_kim_mnih (mean +- std)" in out
+    assert main(["collect", str(runs), "--out", str(tmp_path), "--at-step", "5"]) == 2
+    assert "--at-step 5: no run has an evaluation at that step" in capsys.readouterr().err
+    assert main(["collect", str(runs), "--out", str(tmp_path), "--at-step", "-1"]) == 2
+    assert "--at-step must be a non-negative integer, got -1" in capsys.readouterr().err
+
+
+def test_a_run_without_checkpoints_is_not_scored(tmp_path):
+    run = tmp_path / "runs" / "chyvae-seed0"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": "chyvae", "nu": 10.0, "seed": 0}))
+    assert scores_mod.score_run(run) == {}
+    _, rows = collect_runs(tmp_path / "runs", tmp_path / "out")
+    assert len(rows) == 1 and "scored_step" not in rows[0]
