@@ -105,7 +105,7 @@ def evaluate_run(
     record["metrics"] = summary
     record["details"] = details
     if pictures:
-        save_model_pictures(model, fixed, root, bf16=precision == "bf16")
+        save_model_pictures(model, fixed, held_out, root, bf16=precision == "bf16")
     record["seconds"] = time.perf_counter() - t0
     tmp = root / ".eval.json.tmp"
     tmp.write_text(json.dumps(record, indent=2))

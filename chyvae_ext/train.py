@@ -769,7 +769,7 @@ class Trainer:
 
     def pictures(self) -> None:
         for i, m in enumerate(self.members):
-            save_model_pictures(self.member_model(i), self.fixed, m.run.root, bf16=self.bf16)
+            save_model_pictures(self.member_model(i), self.fixed, self.held_out, m.run.root, bf16=self.bf16)
             save_curves(m.run.root / "metrics.jsonl", m.run.root / "curves.png")
 
     # ---- the loop -----------------------------------------------------------------------------------------------
