@@ -22,11 +22,10 @@ from pathlib import Path
 
 import torch
 
-from .data import DataError, get_dataset
 from .data.base import GroundTruthDataset
 from .metrics import METRICS, PROTOCOLS, make_encoder, parse_metrics, score
 from .plots import save_model_pictures
-from .train import Run, TrainConfig, build_model, check_config, fixed_batches, held_out_terms
+from .train import Run, TrainConfig, build_model, check_config, fixed_batches, held_out_terms, open_dataset
 
 
 def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, device: str | None = None):
@@ -77,9 +76,9 @@ def evaluate_run(
     model, config, ckpt, step = load_run(run_dir, checkpoint=checkpoint, device=device)
     precision = precision or config.precision
     try:
-        dataset = get_dataset(config.dataset, config.data_root)
-    except (DataError, TypeError) as exc:
-        raise ValueError(f"the run's dataset {config.dataset}: {exc}") from exc
+        dataset = open_dataset(config, fixed=False)  # the metrics and the held-out images come from the generator
+    except ValueError as exc:
+        raise ValueError(f"the run's dataset: {exc}") from exc
     if names and not isinstance(dataset, GroundTruthDataset):
         raise ValueError(
             f"--metrics {','.join(names)} needs a dataset with ground-truth factors; {config.dataset} has none "

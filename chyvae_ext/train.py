@@ -57,6 +57,7 @@ from .runfiles import read_metrics
 
 MODELS = ("chyvae", "betavae", "factorvae")
 SYNTHETIC = ("shapes2d", "dsprites", "correlated_ellipses")
+SHAPE_DATASETS = ("dsprites", "shapes2d")  # the sets with a discrete shape factor (include_shape)
 
 
 @dataclasses.dataclass
@@ -65,6 +66,7 @@ class TrainConfig:
     dataset: str = "correlated_ellipses"
     data_root: str | None = None
     dataset_size: int | None = None  # a fixed set of N images drawn once (seed 0) from a procedural dataset
+    include_shape: bool = True  # dsprites / shapes2d: whether the metrics count shape as a factor
     z_dim: int | None = None  # default: 10 for the synthetic sets, 32 otherwise (SPEC 2)
     hidden: int | None = None  # default: 128 for the synthetic sets, 256 otherwise
     nu: float = 200.0
@@ -149,6 +151,12 @@ def check_config(c: TrainConfig) -> None:
         check_int(f"--{name.replace('_', '-')}", getattr(c, name), 1)
     if c.dataset_size is not None:
         check_int("--dataset-size", c.dataset_size, 1)
+    if not isinstance(c.include_shape, bool):
+        raise ValueError(f"include_shape must be true or false, got {c.include_shape!r}")
+    if not c.include_shape and c.dataset not in SHAPE_DATASETS:
+        raise ValueError(
+            f"--no-shape-factor applies to {' and '.join(SHAPE_DATASETS)} only, got --dataset {c.dataset}"
+        )
     for name in ("lr", "beta", "gamma", "nu"):
         v = getattr(c, name)
         if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -186,6 +194,20 @@ def build_model(c: TrainConfig, channels: int) -> torch.nn.Module:
     else:
         model = FactorVAE(c.z_dim, channels, c.hidden, gamma=c.gamma)
     return initialise(model, c.init)
+
+
+def open_dataset(c: TrainConfig, *, fixed: bool = True):
+    """The run's dataset: ``c.dataset`` from ``c.data_root`` (shape factor as ``c.include_shape`` says), as the
+    fixed set of ``c.dataset_size`` images when that is set and ``fixed``; else the generator the metrics use.
+    Raises ValueError naming the dataset."""
+    options = {"include_shape": c.include_shape} if c.dataset in SHAPE_DATASETS else {}
+    try:
+        dataset = get_dataset(c.dataset, c.data_root, **options)
+        if fixed and c.dataset_size is not None:
+            dataset = fixed_sample(dataset, c.dataset_size)
+    except (DataError, TypeError) as exc:
+        raise ValueError(f"--dataset {c.dataset}: {exc}") from exc
+    return dataset
 
 
 def initial_model(c: TrainConfig, channels: int) -> torch.nn.Module:
@@ -465,9 +487,9 @@ class Member:
 
 
 ENSEMBLE_SHARED = (
-    "model", "dataset", "data_root", "dataset_size", "z_dim", "hidden", "learn_nu", "num_samples", "steps",
-    "batch_size", "lr", "device", "precision", "impl", "log_every", "eval_every", "metrics", "metric_protocol",
-    "ckpt_every", "keep_checkpoints", "compile",
+    "model", "dataset", "data_root", "dataset_size", "include_shape", "z_dim", "hidden", "learn_nu", "num_samples",
+    "steps", "batch_size", "lr", "device", "precision", "impl", "log_every", "eval_every", "metrics",
+    "metric_protocol", "ckpt_every", "keep_checkpoints", "compile",
 )  # what an ensemble's members must share; each has its own seed, nu, beta, gamma and out
 
 
@@ -500,12 +522,7 @@ class Trainer:
         c = self.c = self.configs[0]
         if self.stacked:
             self._check_ensemble()
-        try:
-            self.dataset = get_dataset(c.dataset, c.data_root)
-            if c.dataset_size is not None:
-                self.dataset = fixed_sample(self.dataset, c.dataset_size)
-        except (DataError, TypeError) as exc:
-            raise ValueError(f"--dataset {c.dataset}: {exc}") from exc
+        self.dataset = open_dataset(c)
         self.device = device = torch.device(c.device)
         self.members = [Member(cfg, device) for cfg in self.configs]
         for m in self.members:
@@ -877,6 +894,13 @@ def parse_args(argv: list[str] | None) -> tuple[list[TrainConfig], bool, bool]:
         type=int,
         help="train on a fixed set of N images of a procedural dataset, drawn once from seed 0 and cached on disk "
         "(the paper: 200000 for correlated_ellipses); default: an endless stream",
+    )
+    parser.add_argument(
+        "--no-shape-factor",
+        dest="include_shape",
+        action="store_false",
+        default=None,
+        help="dsprites / shapes2d: the metrics leave the discrete shape out of the factors (it varies at random)",
     )
     parser.add_argument("--z-dim", dest="z_dim", type=int)
     parser.add_argument("--hidden", type=int)

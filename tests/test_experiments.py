@@ -217,3 +217,43 @@ def test_read_metrics(tmp_path):
     path.write_text('[1, 2]\n{"step": 3}\n')
     with pytest.raises(ValueError, match=r"line 1 is not a JSON object, got list"):
         read_metrics(path)
+
+
+def test_paper_grids_hold_the_issues_settings():
+    from pathlib import Path
+
+    grids = Path(__file__).resolve().parent.parent / "experiments" / "grids"
+    ellipses = load_grid(grids / "ellipses_paper.yaml")
+    assert len(ellipses.runs) == 180 and ellipses.ensemble
+    values = {m: {r.options[h] for r in ellipses.runs if r.options["model"] == m}
+              for m, h in (("chyvae", "nu"), ("betavae", "beta"), ("factorvae", "gamma"))}
+    assert values == {"chyvae": {12, 50, 100, 200, 500, 1000}, "betavae": {1, 2, 4, 6, 8, 16},
+                      "factorvae": {10, 20, 30, 40, 50, 100}}
+    assert {r.options["seed"] for r in ellipses.runs} == set(range(10))
+    for r in ellipses.runs:
+        assert (r.options["steps"], r.options["dataset_size"], r.options["init"], r.options["precision"]) == (
+            150000, 200000, "glorot", "fp32")
+        assert (r.options["batch_size"], r.options["lr"], r.options["metric_protocol"]) == (50, 1e-4, "chyvae")
+    shapes = load_grid(grids / "shapes_paper.yaml")
+    assert len(shapes.runs) == 360 and {r.options["dataset"] for r in shapes.runs} == {"shapes2d"}
+    assert sum(r.options["include_shape"] for r in shapes.runs) == 180
+
+
+def test_set_gives_every_run_the_option_over_the_grid(tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", runs=[{"model": "chyvae", "nu": [6, 50], "steps": 9},
+                                                 {"model": "betavae", "beta": [2]}])
+    g = load_grid(grid, {"steps": 3, "dataset": "shapes2d", "include_shape": False})
+    assert len(g.runs) == 6
+    assert all((r.options["steps"], r.options["dataset"], r.options["include_shape"]) == (3, "shapes2d", False)
+               for r in g.runs)
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [("nope=1", "--set: unknown training option(s) nope"), ("steps", "--set 'steps': expected KEY=VALUE"),
+     ("=3", "--set '=3': expected KEY=VALUE"), ("steps=[1", "--set 'steps=[1': the value is not YAML")],
+)
+def test_bad_set_is_refused_naming_it(tmp_path, capsys, item, message):
+    grid = write_grid(tmp_path / "g.yaml")
+    assert main(["sweep", "--grid", str(grid), "--dry-run", "--set", item]) == 2
+    assert message in capsys.readouterr().err

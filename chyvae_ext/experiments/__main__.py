@@ -1,8 +1,10 @@
 """``python -m chyvae_ext.experiments {sweep,collect,plot}``.
 
-sweep --grid FILE [--dry-run] [--ensemble [--ensemble-size N]]
+sweep --grid FILE [--dry-run] [--ensemble [--ensemble-size N]] [--set KEY=VALUE ...]
                                  run a grid of trainings (resumable; see chyvae_ext.experiments.grid);
-                                 --ensemble trains runs of one shape together as one batched model
+                                 --ensemble trains runs of one shape together as one batched model;
+                                 --set gives every run a training option (e.g. --set dataset=dsprites
+                                 --set data_root=PATH), over what the grid file says
 collect ROOT [--out DIR] [--no-score] [--at-step S]
                                  results.csv and results_by_step.csv from every run under ROOT, with
                                  every run's last checkpoint scored under both FactorVAE protocols and
@@ -24,6 +26,22 @@ from .plot import plot_all
 from .sweep import sweep
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """["dataset=dsprites", "steps=100"] to {"dataset": "dsprites", "steps": 100} (values read as YAML)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {item!r}: the value is not YAML: {exc}") from exc
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m chyvae_ext.experiments",
@@ -36,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="list what would run")
     p.add_argument("--ensemble", action="store_true", help="train runs of one shape as one batched model")
     p.add_argument("--ensemble-size", type=int, help="at most this many members per ensemble")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a training option for every run (VALUE read as YAML), over the grid file's; repeatable")
     p = sub.add_parser("collect", help="gather runs into CSV")
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--out", help="directory for the CSVs (default ROOT)")
@@ -50,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "sweep":
-            grid = load_grid(args.grid)
+            grid = load_grid(args.grid, parse_overrides(args.overrides))
             if args.ensemble_size is not None:
                 check_int("--ensemble-size", args.ensemble_size, 1)
             if args.ensemble or args.ensemble_size is not None:

@@ -114,7 +114,22 @@ def expand_grid(spec: dict, *, base: Path = Path(".")) -> Grid:
     return Grid(out, spec.get("jobs", 1), spec.get("threads", 1), runs, ensemble, ensemble_size)
 
 
-def load_grid(path: str | Path) -> Grid:
+def apply_overrides(spec: dict, overrides: dict) -> dict:
+    """``spec`` with each training option in ``overrides`` set for every run (in ``common``, and replacing
+    the option in any run entry that sets it). Raises ValueError for an option training does not know."""
+    bad = sorted(set(overrides) - _KNOWN)
+    if bad:
+        raise ValueError(f"--set: unknown training option(s) {', '.join(bad)}")
+    if not isinstance(spec, dict) or not isinstance(spec.get("common", {}), dict):
+        return spec  # expand_grid says what is wrong
+    runs = spec.get("runs")
+    if isinstance(runs, list):
+        runs = [{k: v for k, v in e.items() if k not in overrides} if isinstance(e, dict) else e for e in runs]
+    return spec | {"common": spec.get("common", {}) | overrides, "runs": runs}
+
+
+def load_grid(path: str | Path, overrides: dict | None = None) -> Grid:
+    """The grid in the YAML or JSON file at ``path``, with ``overrides`` (training options) applied."""
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"--grid: no file at {p}")
@@ -125,4 +140,4 @@ def load_grid(path: str | Path) -> Grid:
         spec = yaml.safe_load(text)
     else:
         spec = json.loads(text)
-    return expand_grid(spec, base=p.parent)
+    return expand_grid(apply_overrides(spec, overrides or {}), base=p.parent)

@@ -26,11 +26,10 @@ from pathlib import Path
 
 import torch
 
-from ..data import DataError, get_dataset
 from ..data.base import GroundTruthDataset
 from ..metrics import make_encoder, score
 from ..runfiles import read_metrics
-from ..train import TrainConfig, initial_model
+from ..train import TrainConfig, initial_model, open_dataset
 
 PROTOCOL_NAMES = ("chyvae", "kim_mnih")
 SCORE_KEYS = tuple(f"factor_vae_{p}" for p in PROTOCOL_NAMES) + ("mig_scored",)
@@ -38,10 +37,7 @@ SCORE_KEYS = tuple(f"factor_vae_{p}" for p in PROTOCOL_NAMES) + ("mig_scored",)
 
 def _dataset(config: TrainConfig) -> GroundTruthDataset | None:
     """The run's metric dataset (the generator, also for a fixed set), None without ground-truth factors."""
-    try:
-        ds = get_dataset(config.dataset, config.data_root)
-    except (DataError, TypeError) as exc:
-        raise ValueError(f"the run's dataset {config.dataset}: {exc}") from exc
+    ds = open_dataset(config, fixed=False)
     return ds if isinstance(ds, GroundTruthDataset) else None
 
 

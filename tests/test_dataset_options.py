@@ -1,4 +1,5 @@
-"""--dataset-size: a fixed set drawn once from a procedural dataset, cached on disk, trained on."""
+"""Dataset options of a run: --dataset-size (a fixed set drawn once from a procedural dataset, cached on disk,
+trained on) and --no-shape-factor (the metrics without dSprites' discrete shape)."""
 
 import json
 
@@ -12,7 +13,7 @@ from chyvae_ext.data.base import MaterialisedImages
 from chyvae_ext.data.fixed import cache_path, fixed_sample
 from chyvae_ext.metrics import PROTOCOLS
 from chyvae_ext.metrics.factor_vae import Protocol
-from chyvae_ext.train import TrainConfig, Trainer, fixed_batches, main
+from chyvae_ext.train import TrainConfig, Trainer, fixed_batches, main, open_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -137,3 +138,23 @@ def test_a_source_without_8_bit_pixels_is_refused(tmp_path):
     gen.pixels = lambda factors: np.zeros((len(factors), 1, 64, 64), np.float32)
     with pytest.raises(TypeError, match=r"correlated_ellipses: a fixed set needs 8-bit images, its pixels are float32"):
         fixed_sample(gen, 3, cache_dir=tmp_path)
+
+
+def test_no_shape_factor_leaves_shape_out_of_the_metrics_factors(tmp_path):
+    argv = ["--dataset", "shapes2d", "--no-shape-factor", "--model", "betavae", "--steps", "2", "--batch-size", "4",
+            "--z-dim", "4", "--hidden", "16", "--metrics", "none", "--precision", "fp32", "--out", str(tmp_path / "r")]
+    assert main(argv) == 0
+    config = TrainConfig(**json.loads((tmp_path / "r" / "config.json").read_text()))
+    assert config.include_shape is False
+    assert open_dataset(config, fixed=False).factor_names == ("scale", "orientation", "posX", "posY")
+    assert open_dataset(TrainConfig(dataset="shapes2d")).factor_names[0] == "shape"
+
+
+def test_no_shape_factor_is_refused_where_there_is_no_shape(tmp_path, capsys):
+    assert main(["--no-shape-factor", "--out", str(tmp_path / "r")]) == 2
+    assert "--no-shape-factor applies to dsprites and shapes2d only, got --dataset correlated_ellipses" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "c.yaml").write_text("dataset: shapes2d\ninclude_shape: maybe\n")
+    assert main(["--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r")]) == 2
+    assert "include_shape must be true or false, got 'maybe'" in capsys.readouterr().err
