@@ -123,3 +123,22 @@ def test_a_run_without_checkpoints_is_not_scored(tmp_path):
     assert scores_mod.score_run(run) == {}
     _, rows = collect_runs(tmp_path / "runs", tmp_path / "out")
     assert len(rows) == 1 and "scored_step" not in rows[0]
+
+
+def test_figures_with_the_floor_and_the_best_runs_traversals(runs, tmp_path, capsys):
+    from PIL import Image
+
+    from chyvae_ext.experiments import plot as plot_mod
+
+    path, rows = collect_runs(runs, tmp_path)
+    floor = [r for r in rows if r["state"] == "untrained"]
+    assert plot_mod._floor(rows, "factor_vae") == pytest.approx(sum(r["factor_vae"] for r in floor) / len(floor))
+    assert plot_mod._floor([r for r in rows if r["state"] != "untrained"], "factor_vae") is None
+    paths = plot_mod.plot_all(path, tmp_path / "fig", at_step=6, runs_root=runs)
+    names = [p.name for p in paths]
+    assert names == ["tradeoff.png", "time.png", "by_step.png", "traversals_betavae.png", "traversals_chyvae.png"]
+    wide, high = Image.open(tmp_path / "fig" / "by_step.png").size
+    assert wide > 3.5 * high  # three panels: the metric, MIG (logged by these runs) and reconstruction
+    assert (tmp_path / "fig" / "traversals_chyvae.gif").is_file()
+    assert main(["plot", str(path), "--out", str(tmp_path / "f2"), "--at-step", "5"]) == 2
+    assert "--at-step 5: no run has an evaluation at that step" in capsys.readouterr().err

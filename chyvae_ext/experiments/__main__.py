@@ -10,7 +10,9 @@ collect ROOT [--out DIR] [--no-score] [--at-step S]
                                  every run's last checkpoint scored under both FactorVAE protocols and
                                  MIG and the untrained floor (minutes per run; --no-score skips it);
                                  --at-step S prints the table of every run's evaluation at step S
-plot CSV [--out DIR]             tradeoff.png, by_step.png, time.png from collect's CSVs
+plot CSV [--out DIR] [--at-step S] [--runs ROOT]
+                                 tradeoff.png, by_step.png, time.png from collect's CSVs (the trade-off
+                                 at step S with --at-step); --runs: each model's best run's traversals
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("csv", metavar="CSV")
     p.add_argument("--out", help="directory for the figures (default: the CSV's)")
     p.add_argument("--metric", default="factor_vae")
+    p.add_argument("--at-step", dest="at_step", type=int, help="the trade-off at this evaluation step")
+    p.add_argument("--runs", dest="runs_root", help="the run directories: draw each model's best run's traversals")
     args = parser.parse_args(argv)
     try:
         if args.command == "sweep":
@@ -96,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(markdown_table(summarise(at, columns, states=STATES_ANY), columns))
             print(f"{len(rows)} runs -> {path} and {path.with_name('results_by_step.csv')}")
             return 0
-        for path in plot_all(args.csv, args.out, args.metric):
+        if args.at_step is not None:
+            check_int("--at-step", args.at_step)
+        for path in plot_all(args.csv, args.out, args.metric, at_step=args.at_step, runs_root=args.runs_root):
             print(path)
         return 0
     except ValueError as exc:

@@ -3,9 +3,15 @@
 - ``tradeoff.png`` (the paper's Figs. 2-3): disentanglement (FactorVAE score) against held-out
   reconstruction error, one point per model and hyperparameter value: the mean over seeds with
   error bars of one standard deviation on both axes. Up and to the left is better.
-- ``by_step.png`` (Fig. 4): the FactorVAE score and the reconstruction error against training
-  step, mean over seeds with a band of one standard deviation.
+- ``by_step.png`` (Fig. 4): the FactorVAE score, MIG (when logged) and the reconstruction error
+  against training step, mean over seeds with a band of one standard deviation.
 - ``time.png`` (Fig. 13): training time per 1,000 steps per model (median over runs).
+- ``traversals_<model>.png`` and ``.gif`` (Fig. 5, with ``runs_root``): the traversals of each model's best run
+  (highest score), drawn afresh from its checkpoint, rows sorted by use.
+
+Where ``collect`` scored the untrained floor, the metric panels draw it as a dashed grey line: a
+score at that line is what an untrained encoder gets. With ``at_step``, the trade-off plots every
+run's evaluation at that step (runs still going included) instead of the finished runs' last one.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from .collect import mean_std, read_csv, summarise
+from .collect import STATES_ANY, mean_std, read_csv, rows_at_step, summarise
 
 MODEL_NAMES = {"chyvae": "CHyVAE", "betavae": "beta-VAE", "factorvae": "FactorVAE"}
 COLOURS = {"chyvae": "tab:red", "betavae": "tab:blue", "factorvae": "tab:green"}
@@ -29,10 +35,21 @@ def _plt():
     return plt
 
 
-def plot_tradeoff(rows: list[dict], out: Path, metric: str = "factor_vae") -> None:
+def _floor(rows: list[dict], key: str) -> float | None:
+    """The untrained rows' mean of ``key`` (None without them)."""
+    vals = [float(r[key]) for r in rows if r.get("state") == "untrained" and key in r]
+    return statistics.fmean(vals) if vals else None
+
+
+def _draw_floor(ax, value: float | None) -> None:
+    if value is not None:
+        ax.axhline(value, color="grey", ls="--", lw=1, label=f"untrained ({value:.3f})")
+
+
+def plot_tradeoff(rows: list[dict], out: Path, metric: str = "factor_vae", states=("finished", "untrained")) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    summary = summarise(rows, (metric, "recon"))
+    summary = summarise(rows, (metric, "recon"), states=states)
     per_model: dict[str, int] = {}
     for s in summary:
         if f"{metric}_mean" not in s or "recon_mean" not in s:
@@ -53,6 +70,7 @@ def plot_tradeoff(rows: list[dict], out: Path, metric: str = "factor_vae") -> No
     ax.set_xlabel("held-out reconstruction error (nats, BCE summed over pixels)")
     ax.set_ylabel(f"{metric} (mean +- std over seeds)")
     ax.set_title("disentanglement vs reconstruction")
+    _draw_floor(ax, _floor(rows, metric))
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
@@ -61,9 +79,10 @@ def plot_tradeoff(rows: list[dict], out: Path, metric: str = "factor_vae") -> No
     plt.close(fig)
 
 
-def plot_by_step(rows: list[dict], out: Path, metric: str = "factor_vae") -> None:
+def plot_by_step(rows: list[dict], out: Path, metric: str = "factor_vae", floor_rows: list[dict] = ()) -> None:
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    keys = [metric] + (["mig"] if metric != "mig" and any("mig" in r for r in rows) else []) + ["recon"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4.2))
     groups: dict[tuple, dict[float, list[dict]]] = {}
     for r in rows:
         groups.setdefault((r["model"], r["hyper"], float(r["value"])), {}).setdefault(float(r["step"]), []).append(r)
@@ -72,7 +91,7 @@ def plot_by_step(rows: list[dict], out: Path, metric: str = "factor_vae") -> Non
         i = per_model.setdefault(model, 0)
         per_model[model] += 1
         steps = sorted(by_step)
-        for ax, key in zip(axes, (metric, "recon"), strict=True):
+        for ax, key in zip(axes, keys, strict=True):
             vals = [[float(r[key]) for r in by_step[s] if key in r] for s in steps]
             keep = [j for j, v in enumerate(vals) if v]
             if not keep:
@@ -95,8 +114,10 @@ def plot_by_step(rows: list[dict], out: Path, metric: str = "factor_vae") -> Non
                 color=COLOURS.get(model, "k"),
                 alpha=0.08,
             )
-    axes[0].set_ylabel(f"{metric} (mean over seeds, band: +- std)")
-    axes[1].set_ylabel("held-out reconstruction error (nats)")
+    for ax, key in zip(axes[:-1], keys, strict=False):
+        ax.set_ylabel(f"{key} (mean over seeds, band: +- std)")
+        _draw_floor(ax, _floor(list(floor_rows), key))
+    axes[-1].set_ylabel("held-out reconstruction error (nats)")
     for ax in axes:
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
@@ -128,8 +149,45 @@ def plot_time(rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def plot_all(csv_path: str | Path, out_dir: str | Path | None = None, metric: str = "factor_vae") -> list[Path]:
-    """Draw the three figures from ``results.csv`` (and ``results_by_step.csv`` beside it); returns their paths."""
+def plot_best_traversals(rows: list[dict], runs_root: Path, out: Path, metric: str = "factor_vae") -> list[Path]:
+    """``traversals_<model>.png`` in ``out`` for each model's run with the highest ``metric`` among ``rows``,
+    drawn from its last checkpoint under ``runs_root`` (rows sorted by use, see chyvae_ext.plots)."""
+    import torch
+
+    from ..evaluate import load_run
+    from ..plots import save_traversals
+    from ..train import fixed_batches, open_dataset
+
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r.get("state") == "untrained" or metric not in r:
+            continue
+        if r["model"] not in best or float(r[metric]) > float(best[r["model"]][metric]):
+            best[r["model"]] = r
+    paths = []
+    for model, r in sorted(best.items()):
+        run_dir = runs_root / r["run"]
+        if not any((run_dir / "checkpoints").glob("step_*.pt")):
+            continue
+        net, config, _, _ = load_run(run_dir, device="cpu")
+        fixed, held_out = fixed_batches(open_dataset(config, fixed=False), torch.device("cpu"))
+        paths.append(out / f"traversals_{model}.png")
+        save_traversals(net, fixed, held_out, paths[-1], out / f"traversals_{model}.gif")
+    return paths
+
+
+def plot_all(
+    csv_path: str | Path,
+    out_dir: str | Path | None = None,
+    metric: str = "factor_vae",
+    *,
+    at_step: int | None = None,
+    runs_root: str | Path | None = None,
+) -> list[Path]:
+    """Draw the figures from ``results.csv`` (and ``results_by_step.csv`` beside it); returns their paths.
+
+    ``at_step``: the trade-off at that evaluation step (runs still going included); ``runs_root``: also
+    the best run's traversals per model (the run directories collect read)."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise ValueError(f"CSV {csv_path}: no such file (write it with: python -m chyvae_ext.experiments collect ROOT)")
@@ -141,13 +199,22 @@ def plot_all(csv_path: str | Path, out_dir: str | Path | None = None, metric: st
         raise ValueError(f"CSV {csv_path}: not a collect results file (no column {missing[0]})")
     out = Path(out_dir) if out_dir is not None else csv_path.parent
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "tradeoff.png", out / "time.png"]
-    plot_tradeoff(rows, paths[0], metric)
-    plot_time(rows, paths[1])
     by_step = csv_path.with_name("results_by_step.csv")
-    if by_step.is_file():
-        step_rows = read_csv(by_step)
-        if step_rows:
-            paths.append(out / "by_step.png")
-            plot_by_step(step_rows, paths[-1], metric)
+    step_rows = read_csv(by_step) if by_step.is_file() else []
+    floor = [r for r in rows if r.get("state") == "untrained"]
+    paths = [out / "tradeoff.png", out / "time.png"]
+    if at_step is None:
+        plot_tradeoff(rows, paths[0], metric)
+    else:
+        at = rows_at_step(step_rows, at_step)
+        if not at:
+            raise ValueError(f"--at-step {at_step}: no run has an evaluation at that step in {by_step}")
+        plot_tradeoff(at + floor, paths[0], metric, states=STATES_ANY)
+    plot_time(rows, paths[1])
+    if step_rows:
+        paths.append(out / "by_step.png")
+        plot_by_step(step_rows, paths[-1], metric, floor)
+    if runs_root is not None:
+        pick = rows_at_step(step_rows, at_step) if at_step is not None else rows
+        paths += plot_best_traversals(pick, Path(runs_root), out, metric)
     return paths
