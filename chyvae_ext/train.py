@@ -271,6 +271,11 @@ def load_config_file(path: str) -> dict:
     return data
 
 
+def checkpoint_step_of(path: Path) -> int:
+    """The step of a checkpoint file step_XXXXXXXX.pt."""
+    return int(path.stem.split("_")[1])
+
+
 class Run:
     """The run directory: config, metrics, status, checkpoints and pictures."""
 
@@ -295,13 +300,16 @@ class Run:
     def checkpoints(self) -> list[Path]:
         return sorted(self.ckpt_dir.glob("step_*.pt"))
 
-    def save_checkpoint(self, state: dict, step: int, keep: int) -> Path:
+    def save_checkpoint(self, state: dict, step: int, keep: int, keep_every: int | None = None) -> Path:
+        """Writes the checkpoint of ``step``; removes all but the newest ``keep``, except those of steps that
+        are multiples of ``keep_every`` (the evaluation steps: kept, so a run can be scored again there)."""
         path = self.ckpt_dir / f"step_{step:08d}.pt"
         tmp = path.with_suffix(".pt.tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)  # a reader never sees a half-written checkpoint
         for old in self.checkpoints()[:-keep]:
-            old.unlink()
+            if keep_every is None or checkpoint_step_of(old) % keep_every != 0:
+                old.unlink()
         return path
 
     def append_metrics(self, row: dict) -> None:
@@ -742,7 +750,9 @@ class Trainer:
 
     def checkpoint(self) -> None:
         for i, m in enumerate(self.members):
-            m.last_good = m.run.save_checkpoint(self.member_state(i), self.step_count, m.config.keep_checkpoints)
+            m.last_good = m.run.save_checkpoint(
+                self.member_state(i), self.step_count, m.config.keep_checkpoints, keep_every=m.config.eval_every
+            )
 
     def member_model(self, i: int) -> torch.nn.Module:
         """Member i as a lone model (a copy) on the device."""
@@ -810,8 +820,8 @@ class Trainer:
                     self.log()
                     if not self.members:
                         break
-                if step % c.ckpt_every == 0 or step == c.steps:
-                    self.checkpoint()
+                if step % c.ckpt_every == 0 or step % c.eval_every == 0 or step == c.steps:
+                    self.checkpoint()  # at every evaluation step too (kept: scored again there by collect)
                 if step % c.eval_every == 0 or step == c.steps:
                     self.evaluate()
                     self.pictures()

@@ -142,3 +142,21 @@ def test_figures_with_the_floor_and_the_best_runs_traversals(runs, tmp_path, cap
     assert (tmp_path / "fig" / "traversals_chyvae.gif").is_file()
     assert main(["plot", str(path), "--out", str(tmp_path / "f2"), "--at-step", "5"]) == 2
     assert "--at-step 5: no run has an evaluation at that step" in capsys.readouterr().err
+
+
+def test_checkpoints_of_evaluation_steps_are_kept(tmp_path):
+    options = dict(FAST, steps=10, ckpt_every=2, eval_every=5, keep_checkpoints=1, metrics="none")
+    assert train(TrainConfig(model="betavae", out=str(tmp_path / "r"), **options))["state"] == "finished"
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").glob("step_*.pt")) == [
+        "step_00000005.pt", "step_00000010.pt"]  # 5: an evaluation step (written and kept); 10: the last
+
+
+def test_at_step_scores_the_checkpoint_kept_there(runs, tmp_path):
+    import csv
+
+    _, rows = collect_runs(runs, tmp_path, at_step=6)
+    assert not any("scored_step" in r for r in rows if r["state"] != "untrained")
+    with open(tmp_path / "results_by_step.csv") as f:
+        at = [r for r in csv.DictReader(f) if r["step"] == "6"]
+    assert len(at) == 2 and all(r["factor_vae_kim_mnih"] != "" and r["scored_step"] == "6" for r in at)
+    assert scores_mod.score_run(runs / "chyvae-seed0", step=4) == {}  # no checkpoint kept at step 4

@@ -9,7 +9,8 @@ collect ROOT [--out DIR] [--no-score] [--at-step S]
                                  results.csv and results_by_step.csv from every run under ROOT, with
                                  every run's last checkpoint scored under both FactorVAE protocols and
                                  MIG and the untrained floor (minutes per run; --no-score skips it);
-                                 --at-step S prints the table of every run's evaluation at step S
+                                 --at-step S: the table of every run's evaluation at step S, scored
+                                 from the checkpoint training keeps there
 plot CSV [--out DIR] [--at-step S] [--runs ROOT]
                                  tradeoff.png, by_step.png, time.png from collect's CSVs (the trade-off
                                  at step S with --at-step); --runs: each model's best run's traversals
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.at_step is not None:
                 check_int("--at-step", args.at_step)
             progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.score else None
-            path, rows = collect_runs(args.root, args.out, score=args.score, progress=progress)
+            path, rows = collect_runs(args.root, args.out, score=args.score, at_step=args.at_step, progress=progress)
             columns = TABLE_COLUMNS if args.score else ("factor_vae", "recon", "neg_elbo")
             if args.at_step is None:
                 print(markdown_table(summarise(rows, columns), columns))

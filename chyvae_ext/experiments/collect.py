@@ -63,12 +63,18 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def collect_runs(
-    root: str | Path, out: str | Path | None = None, *, score: bool = True, progress=None
+    root: str | Path,
+    out: str | Path | None = None,
+    *,
+    score: bool = True,
+    at_step: int | None = None,
+    progress=None,
 ) -> tuple[Path, list[dict]]:
     """Write ``results.csv`` and ``results_by_step.csv`` (in ``out``, default ``root``); returns (csv path, rows).
 
-    ``score``: add the second opinions and the untrained floor (minutes per run on a CPU, cached);
-    ``progress`` receives a line as each score starts and ends.
+    ``score``: add the second opinions (to each run's row, from its last checkpoint; with ``at_step``,
+    to its evaluation row at that step instead, from the checkpoint kept there) and the untrained
+    floor (minutes per run on a CPU, cached); ``progress`` receives a line as each score starts and ends.
     """
     from .scores import score_run, untrained_rows
 
@@ -80,7 +86,12 @@ def collect_runs(
         got = _run_rows(run_dir)
         if got is not None:
             if score and any((run_dir / "checkpoints").glob("step_*.pt")):
-                got[0].update(score_run(run_dir, progress=progress))
+                if at_step is None:
+                    got[0].update(score_run(run_dir, progress=progress))
+                else:
+                    for row in got[1]:
+                        if row["step"] == at_step:
+                            row.update(score_run(run_dir, step=at_step, progress=progress))
                 configs.append(TrainConfig(**json.loads((run_dir / "config.json").read_text())))
             finals.append(got[0])
             steps += got[1]

@@ -69,12 +69,16 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def score_run(run_dir: Path, *, progress: Callable[[str], None] | None = None) -> dict:
-    """{scored_step, factor_vae_chyvae, factor_vae_kim_mnih, mig_scored} at the run's last checkpoint
-    ({} without a checkpoint or ground-truth factors); cached in ``run_dir/scores.json``."""
+def score_run(run_dir: Path, *, step: int | None = None, progress: Callable[[str], None] | None = None) -> dict:
+    """{scored_step, factor_vae_chyvae, factor_vae_kim_mnih, mig_scored} at the run's checkpoint of ``step``
+    (default: its last; training keeps those of its evaluation steps); {} without that checkpoint or
+    without ground-truth factors. Cached in ``run_dir/scores.json``."""
     from ..evaluate import load_run
+    from ..train import checkpoint_step_of
 
     ckpts = sorted((run_dir / "checkpoints").glob("step_*.pt"))
+    if step is not None:
+        ckpts = [c for c in ckpts if checkpoint_step_of(c) == step]
     if not ckpts:
         return {}
     model, config, _, step = load_run(run_dir, checkpoint=ckpts[-1])

@@ -46,8 +46,9 @@ def run_state(run_dir: Path, steps: int) -> str:
 
 def checkpoint_step(run_dir: Path) -> int:
     """The step of a run's last checkpoint (0 without one)."""
-    steps = [int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*.pt")]
-    return max(steps, default=0)
+    from ..train import checkpoint_step_of
+
+    return max((checkpoint_step_of(p) for p in (run_dir / "checkpoints").glob("step_*.pt")), default=0)
 
 
 def plan_jobs(grid: Grid, todo: list[tuple[RunSpec, str]]) -> list[list[tuple[RunSpec, str]]]:
