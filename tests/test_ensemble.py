@@ -315,6 +315,20 @@ def test_plan_groups_by_shape_and_caps_the_size(tmp_path):
     assert all(len({spec.options.get("hidden") for spec, _ in job}) == 1 for job in jobs)
 
 
+def test_plan_puts_runs_under_way_before_new_ones(tmp_path):
+    from chyvae_ext.experiments.sweep import plan_jobs
+
+    spec = {"out": str(tmp_path), "seeds": [0, 1], "runs": [{"model": "chyvae", "nu": [12, 50]}]}
+    grid = grid_mod.expand_grid(spec)  # seed-major: nu12-seed0, nu50-seed0, nu12-seed1, nu50-seed1
+    states = {"chyvae-nu12-seed1": "resumable", "chyvae-nu50-seed1": "resumable"}
+    todo = [(r, states.get(r.name, "new")) for r in grid.runs]
+    assert [job[0][0].name for job in plan_jobs(grid, todo)] == [
+        "chyvae-nu12-seed1", "chyvae-nu50-seed1", "chyvae-nu12-seed0", "chyvae-nu50-seed0"]
+    ensembles = plan_jobs(grid_mod.expand_grid(spec | {"ensemble": True, "ensemble_size": 2}), todo)
+    assert [[s.name for s, _ in job] for job in ensembles] == [
+        ["chyvae-nu12-seed1", "chyvae-nu50-seed1"], ["chyvae-nu12-seed0", "chyvae-nu50-seed0"]]
+
+
 # ---- refusals ---------------------------------------------------------------------------------------------------
 def test_stack_models_refusals():
     with pytest.raises(ValueError, match=r"stack_models: models must hold at least one model, got none"):

@@ -54,9 +54,9 @@ def checkpoint_step(run_dir: Path) -> int:
 def plan_jobs(grid: Grid, todo: list[tuple[RunSpec, str]]) -> list[list[tuple[RunSpec, str]]]:
     """The processes to run: one run each, or with grid.ensemble the runs that can train together
     (same ENSEMBLE_SHARED options, same state and start step) in groups of at most ensemble_size,
-    in the grid's order."""
+    in the grid's order, except that runs under way (resumable) go before new ones."""
     if not grid.ensemble:
-        return [[item] for item in todo]
+        return _under_way_first([[item] for item in todo])
     from ..train import TrainConfig, ensemble_key
 
     groups: dict[tuple, list] = {}
@@ -66,7 +66,11 @@ def plan_jobs(grid: Grid, todo: list[tuple[RunSpec, str]]) -> list[list[tuple[Ru
         key = (ensemble_key(TrainConfig(**spec.options)), state, start)
         groups.setdefault(key, []).append((spec, state))
     size = grid.ensemble_size or max((len(g) for g in groups.values()), default=1)
-    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+    return _under_way_first([g[i : i + size] for g in groups.values() for i in range(0, len(g), size)])
+
+
+def _under_way_first(jobs: list[list[tuple[RunSpec, str]]]) -> list[list[tuple[RunSpec, str]]]:
+    return sorted(jobs, key=lambda job: job[0][1] != "resumable")  # stable: the grid's order otherwise
 
 
 def _ensemble_command(job: list[tuple[RunSpec, str]], out: Path) -> list[str]:
