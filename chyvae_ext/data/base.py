@@ -159,7 +159,24 @@ class GroundTruthDataset(ImageDataset):
         return self.images(self.sample_factors(check_int("n", n), check_rng(rng)))
 
 
-class MaterialisedImages(ImageDataset):
+class StoredImages:
+    """The image access of a set held in memory as uint8 (N, C, 64, 64) in ``self._images``: mixed into
+    :class:`MaterialisedImages` and :class:`chyvae_ext.data.fixed.FixedSample` (listed before their dataset base)."""
+
+    _images: np.ndarray
+    num_images: int
+
+    def uint8_array(self) -> np.ndarray:
+        return self._images
+
+    def images_at(self, index: np.ndarray) -> np.ndarray:
+        return to_unit_float(self._images[np.asarray(index)])
+
+    def random_images(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return self.images_at(check_rng(rng).integers(0, self.num_images, size=check_int("n", n)))
+
+
+class MaterialisedImages(StoredImages, ImageDataset):
     """uint8 images (N, C, 64, 64) held in memory, with their factor classes when known."""
 
     def __init__(self, images: np.ndarray, *, name: str, factors: np.ndarray | None = None):
@@ -172,12 +189,3 @@ class MaterialisedImages(ImageDataset):
         self.channels = images.shape[1]
         self.num_images = images.shape[0]
         self.factors = factors
-
-    def uint8_array(self) -> np.ndarray:
-        return self._images
-
-    def images_at(self, index: np.ndarray) -> np.ndarray:
-        return to_unit_float(self._images[np.asarray(index)])
-
-    def random_images(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return self.images_at(check_rng(rng).integers(0, self.num_images, size=check_int("n", n)))

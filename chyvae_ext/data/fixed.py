@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from .._checks import check_int
-from .base import GroundTruthDataset, MaterialisedImages, check_rng, to_unit_float
+from .base import GroundTruthDataset, MaterialisedImages, StoredImages
 from .files import default_cache_dir
 
 CHUNK = 10_000  # images rendered per call while drawing a set (bounded float memory)
 
 
-class FixedSample(GroundTruthDataset):
+class FixedSample(StoredImages, GroundTruthDataset):
     """``size`` images of ``generator`` drawn once from ``seed``: batches from them, metrics from ``generator``."""
 
     def __init__(self, generator: GroundTruthDataset, images: np.ndarray, factors: np.ndarray, *, seed: int):
@@ -37,17 +37,7 @@ class FixedSample(GroundTruthDataset):
         self.factor_sizes = generator.factor_sizes
         self.num_images = len(images)
         self.factors = factors
-        self._images = images
-
-    # The fixed images: what training draws.
-    def uint8_array(self) -> np.ndarray:
-        return self._images
-
-    def images_at(self, index: np.ndarray) -> np.ndarray:
-        return to_unit_float(self._images[np.asarray(index)])
-
-    def random_images(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return self.images_at(check_rng(rng).integers(0, self.num_images, size=check_int("n", n)))
+        self._images = images  # what training draws (StoredImages)
 
     # The generator: what the metrics draw.
     def sample_factors(self, n: int, rng: np.random.Generator) -> np.ndarray:
