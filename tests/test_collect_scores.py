@@ -99,10 +99,21 @@ def test_scores_are_cached_and_not_recomputed(runs, tmp_path, monkeypatch):
     assert all("factor_vae_kim_mnih" in r for r in rows)
 
 
-def test_no_score_skips_the_second_opinions(runs, tmp_path, monkeypatch):
-    monkeypatch.setattr(scores_mod, "score_encoder", lambda *a, **k: pytest.fail("scored with score=False"))
-    _, rows = collect_runs(runs, tmp_path, score=False)
-    assert len(rows) == 2 and not any("factor_vae_kim_mnih" in r for r in rows)
+def test_no_score_computes_nothing_and_shows_the_cached_scores(runs, tmp_path):
+    def cached_steps(run):
+        path = runs / run / "scores.json"
+        return set(json.loads(path.read_text())) if path.is_file() else set()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scores_mod, "score_encoder", lambda *a, **k: pytest.fail("scored with score=False"))
+        _, rows = collect_runs(runs, tmp_path, score=False)  # a fresh output directory: no floor cached there
+    assert not any(r["state"] == "untrained" for r in rows)
+    assert all(("factor_vae_kim_mnih" in r) == (str(r["step"]) in cached_steps(r["run"])) for r in rows)
+    collect_runs(runs, tmp_path)  # computes and caches all
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scores_mod, "score_encoder", lambda *a, **k: pytest.fail("scored with score=False"))
+        _, rows = collect_runs(runs, tmp_path, score=False)
+    assert sum(r["state"] == "untrained" for r in rows) == 2 and all("factor_vae_kim_mnih" in r for r in rows)
 
 
 def test_collect_cli_at_step_prints_the_table_there(runs, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Ensembles: a member is the run it would be alone (first step, 200 steps), checkpoints a lone run
+"""Ensembles: a member is the run it would be alone (first step, 100 steps), checkpoints a lone run
 loads, resume, a failing member leaving, evaluation for all members at once, sweep --ensemble,
 and every refusal's message."""
 
@@ -174,7 +174,7 @@ def final_state(run_dir):
 @pytest.mark.parametrize(("model", "over"), [
     ("chyvae", {}), ("chyvae", {"learn_nu": True}), ("betavae", {}), ("factorvae", {}),
 ])
-def test_200_steps_member_losses_agree_with_lone_runs(tmp_path, monkeypatch, model, over):
+def test_100_steps_member_losses_agree_with_lone_runs(tmp_path, monkeypatch, model, over):
     if model == "factorvae":  # a 100 x 2 discriminator: the default 1000 x 6 one would take CI minutes
         import chyvae_ext.train as train_mod
 
@@ -182,7 +182,7 @@ def test_200_steps_member_losses_agree_with_lone_runs(tmp_path, monkeypatch, mod
             return FactorVAE(c.z_dim, channels, c.hidden, gamma=c.gamma, disc_hidden=100, disc_layers=2)
 
         monkeypatch.setattr(train_mod, "build_model", small)
-    over = dict(over, steps=200, batch_size=4, log_every=50, eval_every=200, ckpt_every=200, metrics="none")
+    over = dict(over, steps=100, batch_size=4, log_every=25, eval_every=100, ckpt_every=100, metrics="none")
     members = configs(tmp_path / "ens", model, **over)
     lones = configs(tmp_path / "lone", model, **over)
     assert [s["state"] for s in train_ensemble(members)] == ["finished", "finished"]
@@ -190,7 +190,7 @@ def test_200_steps_member_losses_agree_with_lone_runs(tmp_path, monkeypatch, mod
         train(lone)
         rows = [[json.loads(r) for r in open(f"{c.out}/metrics.jsonl")] for c in (member, lone)]
         train_rows = [[r for r in rs if r["kind"] == "train"] for rs in rows]
-        assert [r["step"] for r in train_rows[0]] == [50, 100, 150, 200]
+        assert [r["step"] for r in train_rows[0]] == [25, 50, 75, 100]
         for a, b in zip(*train_rows, strict=True):
             assert abs(a["loss"] - b["loss"]) <= 0.01 * abs(b["loss"])
         eval_a, eval_b = (next(r for r in rs if r["kind"] == "eval") for rs in rows)

@@ -8,7 +8,8 @@ sweep --grid FILE [--dry-run] [--ensemble [--ensemble-size N]] [--set KEY=VALUE 
 collect ROOT [--out DIR] [--no-score] [--at-step S]
                                  results.csv and results_by_step.csv from every run under ROOT, with
                                  every run's last checkpoint scored under both FactorVAE protocols and
-                                 MIG and the untrained floor (minutes per run; --no-score skips it);
+                                 MIG and the untrained floor (minutes per run, cached; --no-score
+                                 computes none and shows the cached ones);
                                  --at-step S: the table of every run's evaluation at step S, scored
                                  from the checkpoint training keeps there
 plot CSV [--out DIR] [--at-step S] [--runs ROOT]
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--out", help="directory for the CSVs (default ROOT)")
     p.add_argument("--no-score", dest="score", action="store_false",
-                   help="skip the second opinions and the untrained floor")
+                   help="compute no second opinion or floor (those already cached are shown)")
     p.add_argument("--at-step", dest="at_step", type=int,
                    help="print the table at this evaluation step (runs still going included)")
     p = sub.add_parser("plot", help="draw the figures")
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 check_int("--at-step", args.at_step)
             progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.score else None
             path, rows = collect_runs(args.root, args.out, score=args.score, at_step=args.at_step, progress=progress)
-            columns = TABLE_COLUMNS if args.score else ("factor_vae", "recon", "neg_elbo")
+            columns = TABLE_COLUMNS
             if args.at_step is None:
                 print(markdown_table(summarise(rows, columns), columns))
             else:

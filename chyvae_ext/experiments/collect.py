@@ -72,9 +72,10 @@ def collect_runs(
 ) -> tuple[Path, list[dict]]:
     """Write ``results.csv`` and ``results_by_step.csv`` (in ``out``, default ``root``); returns (csv path, rows).
 
-    ``score``: add the second opinions (to each run's row, from its last checkpoint; with ``at_step``,
-    to its evaluation row at that step instead, from the checkpoint kept there) and the untrained
-    floor (minutes per run on a CPU, cached); ``progress`` receives a line as each score starts and ends.
+    Adds the second opinions (to each run's row, from its last checkpoint; with ``at_step``, to its
+    evaluation row at that step instead, from the checkpoint kept there) and the untrained floor:
+    computed where ``score`` (minutes per run on a CPU, cached), else only those already cached.
+    ``progress`` receives a line as each score starts and ends.
     """
     from .scores import score_run, untrained_rows
 
@@ -85,13 +86,13 @@ def collect_runs(
     for run_dir in sorted(p.parent for p in root.rglob("config.json")):
         got = _run_rows(run_dir)
         if got is not None:
-            if score and any((run_dir / "checkpoints").glob("step_*.pt")):
+            if any((run_dir / "checkpoints").glob("step_*.pt")):
                 if at_step is None:
-                    got[0].update(score_run(run_dir, progress=progress))
+                    got[0].update(score_run(run_dir, compute=score, progress=progress))
                 else:
                     for row in got[1]:
                         if row["step"] == at_step:
-                            row.update(score_run(run_dir, step=at_step, progress=progress))
+                            row.update(score_run(run_dir, step=at_step, compute=score, progress=progress))
                 configs.append(TrainConfig(**json.loads((run_dir / "config.json").read_text())))
             finals.append(got[0])
             steps += got[1]
@@ -99,8 +100,7 @@ def collect_runs(
         raise ValueError(f"ROOT {root}: no run directories (with config.json) under it")
     out = Path(out) if out is not None else root
     out.mkdir(parents=True, exist_ok=True)
-    if score:
-        finals += untrained_rows(configs, out / "untrained_scores.json", progress=progress)
+    finals += untrained_rows(configs, out / "untrained_scores.json", compute=score, progress=progress)
     _write_csv(out / "results.csv", finals)
     _write_csv(out / "results_by_step.csv", steps)
     return out / "results.csv", finals

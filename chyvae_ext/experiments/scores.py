@@ -14,7 +14,7 @@ which prunes dimensions that barely move). So ``collect`` adds, for every run wi
   directory's ``untrained_scores.json`` by a hash of the encoder's parameters.
 
 Each score takes minutes on a CPU (the kim_mnih protocol encodes about a million images), so
-``collect --no-score`` skips all of this.
+``collect --no-score`` computes none: it shows only the scores already cached.
 """
 
 from __future__ import annotations
@@ -69,10 +69,17 @@ def _write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-def score_run(run_dir: Path, *, step: int | None = None, progress: Callable[[str], None] | None = None) -> dict:
+def score_run(
+    run_dir: Path,
+    *,
+    step: int | None = None,
+    compute: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """{scored_step, factor_vae_chyvae, factor_vae_kim_mnih, mig_scored} at the run's checkpoint of ``step``
     (default: its last; training keeps those of its evaluation steps); {} without that checkpoint or
-    without ground-truth factors. Cached in ``run_dir/scores.json``."""
+    without ground-truth factors. Cached in ``run_dir/scores.json``; ``compute=False`` returns only what
+    is cached there ({} otherwise)."""
     from ..evaluate import load_run
     from ..train import checkpoint_step_of
 
@@ -81,11 +88,14 @@ def score_run(run_dir: Path, *, step: int | None = None, progress: Callable[[str
         ckpts = [c for c in ckpts if checkpoint_step_of(c) == step]
     if not ckpts:
         return {}
-    model, config, _, step = load_run(run_dir, checkpoint=ckpts[-1])
+    step = checkpoint_step_of(ckpts[-1])
     cache_path = run_dir / "scores.json"
     cache = _read_json(cache_path)
     if str(step) in cache:
         return {"scored_step": step} | cache[str(step)]
+    if not compute:
+        return {}
+    model, config, _, _ = load_run(run_dir, checkpoint=ckpts[-1])
     dataset = _dataset(config)
     if dataset is None:
         return {}
@@ -112,10 +122,11 @@ def _encoder_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def untrained_rows(configs: list[TrainConfig], cache_path: Path, *,
+def untrained_rows(configs: list[TrainConfig], cache_path: Path, *, compute: bool = True,
                    progress: Callable[[str], None] | None = None) -> list[dict]:
     """One "untrained" row per distinct initial encoder among ``configs`` (model at step 0), scored as
-    :func:`score_run` scores trained runs; cached in ``cache_path`` by the encoder's hash."""
+    :func:`score_run` scores trained runs; cached in ``cache_path`` by the encoder's hash (``compute=False``:
+    only the cached ones)."""
     cache = _read_json(cache_path)
     rows: dict[str, dict] = {}
     for config in configs:
@@ -129,6 +140,8 @@ def untrained_rows(configs: list[TrainConfig], cache_path: Path, *,
                 rows[key]["runs_like"] += f" {config.model}"
             continue
         if key not in cache:
+            if not compute:
+                continue
             if progress is not None:
                 progress(f"scoring the untrained {config.model} of seed {config.seed}")
             precision = config.resolved().precision
