@@ -121,6 +121,20 @@ def test_kim_mnih_prunes_small_std_dimensions():
     assert out["eval_accuracy"] == kept["eval_accuracy"] == 1.0  # normalised, the noise never wins
 
 
+def test_all_dimensions_pruned_scores_zero_without_encoding_votes():
+    calls = []
+
+    def encode(x):
+        calls.append(len(x))
+        return 0.01 * torch.randn(len(x), 3, generator=gen)  # every global std < 0.05
+
+    gen = torch.Generator().manual_seed(0)
+    out = factor_vae_score(encode, CodedFactors(), protocol="kim_mnih", **SMALL)
+    assert out["eval_accuracy"] == out["train_accuracy"] == 0.0 and len(out["active_dims"]) == 0
+    assert out["votes"].shape == (3, CodedFactors().num_factors) and out["votes"].sum() == 0
+    assert sum(calls) == SMALL["std_images"]  # only the images for the standard deviation were encoded
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [

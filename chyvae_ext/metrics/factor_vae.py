@@ -97,6 +97,9 @@ def factor_vae_score(
     active = (std > 0) & (std >= p.prune_below)
     scale = np.where(active, std, 1.0)  # inactive dimensions are never the argmin: no 0/0
     d, n_factors = reps.shape[1], dataset.num_factors
+    result = {"active_dims": np.flatnonzero(active), "protocol": dataclasses.asdict(p) | {"name": protocol}}
+    if not active.any():  # every vote would name no dimension: nothing to encode, both accuracies are 0
+        return {"eval_accuracy": 0.0, "train_accuracy": 0.0, "votes": np.zeros((d, n_factors), np.int64)} | result
     train = _votes(encode, dataset, p.train_votes, p, scale, active, rng, batch_size)
     counts = np.zeros((d, n_factors), dtype=np.int64)
     ok = train[:, 0] >= 0
@@ -105,10 +108,4 @@ def factor_vae_score(
     train_acc = counts.max(axis=1).sum() / p.train_votes
     test = _votes(encode, dataset, p.eval_votes, p, scale, active, rng, batch_size)
     hits = (test[:, 0] >= 0) & (classifier[np.maximum(test[:, 0], 0)] == test[:, 1])
-    return {
-        "eval_accuracy": float(hits.mean()),
-        "train_accuracy": float(train_acc),
-        "votes": counts,
-        "active_dims": np.flatnonzero(active),
-        "protocol": dataclasses.asdict(p) | {"name": protocol},
-    }
+    return {"eval_accuracy": float(hits.mean()), "train_accuracy": float(train_acc), "votes": counts} | result
