@@ -149,9 +149,12 @@ def plot_time(rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def plot_best_traversals(rows: list[dict], runs_root: Path, out: Path, metric: str = "factor_vae") -> list[Path]:
+def plot_best_traversals(
+    rows: list[dict], runs_root: Path, out: Path, metric: str = "factor_vae", at_step: int | None = None
+) -> list[Path]:
     """``traversals_<model>.png`` in ``out`` for each model's run with the highest ``metric`` among ``rows``,
-    drawn from its last checkpoint under ``runs_root`` (rows sorted by use, see chyvae_ext.plots)."""
+    drawn from its checkpoint of ``at_step`` (default: its last) under ``runs_root`` (rows sorted by use,
+    see chyvae_ext.plots)."""
     import torch
 
     from ..evaluate import load_run
@@ -167,9 +170,11 @@ def plot_best_traversals(rows: list[dict], runs_root: Path, out: Path, metric: s
     paths = []
     for model, r in sorted(best.items()):
         run_dir = runs_root / r["run"]
-        if not any((run_dir / "checkpoints").glob("step_*.pt")):
+        pattern = "step_*.pt" if at_step is None else f"step_{at_step:08d}.pt"
+        ckpts = sorted((run_dir / "checkpoints").glob(pattern))
+        if not ckpts:
             continue
-        net, config, _, _ = load_run(run_dir, device="cpu")
+        net, config, _, _ = load_run(run_dir, checkpoint=ckpts[-1], device="cpu")
         fixed, held_out = fixed_batches(open_dataset(config, fixed=False), torch.device("cpu"))
         paths.append(out / f"traversals_{model}.png")
         save_traversals(net, fixed, held_out, paths[-1], out / f"traversals_{model}.gif")
@@ -216,5 +221,5 @@ def plot_all(
         plot_by_step(step_rows, paths[-1], metric, floor)
     if runs_root is not None:
         pick = rows_at_step(step_rows, at_step) if at_step is not None else rows
-        paths += plot_best_traversals(pick, Path(runs_root), out, metric)
+        paths += plot_best_traversals(pick, Path(runs_root), out, metric, at_step)
     return paths
