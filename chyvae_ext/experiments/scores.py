@@ -2,7 +2,7 @@
 protocols and MIG, and the same architectures scored untrained.
 
 A number under the paper's protocol cannot be read alone: on CorrelatedEllipses a freshly
-initialised encoder already scores about 0.4 there (and 0 under disentanglement_lib's protocol,
+initialised encoder already scores about 0.48 there (and 0 under disentanglement_lib's protocol,
 which prunes dimensions that barely move). So ``collect`` adds, for every run with a checkpoint:
 
 - ``factor_vae_chyvae``, ``factor_vae_kim_mnih`` and ``mig_scored`` at ``scored_step`` (the last
