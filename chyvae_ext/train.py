@@ -300,6 +300,11 @@ class Run:
     def checkpoints(self) -> list[Path]:
         return sorted(self.ckpt_dir.glob("step_*.pt"))
 
+    def checkpoint(self, step: int | None = None) -> Path | None:
+        """The last checkpoint, or the one of ``step``; None where there is none."""
+        ckpts = [c for c in self.checkpoints() if step is None or checkpoint_step_of(c) == step]
+        return ckpts[-1] if ckpts else None
+
     def save_checkpoint(self, state: dict, step: int, keep: int, keep_every: int | None = None) -> Path:
         """Writes the checkpoint of ``step``; removes all but the newest ``keep``, except those of steps that
         are multiples of ``keep_every`` (the evaluation steps: kept, so a run can be scored again there)."""

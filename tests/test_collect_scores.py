@@ -171,3 +171,11 @@ def test_at_step_scores_the_checkpoint_kept_there(runs, tmp_path):
         at = [r for r in csv.DictReader(f) if r["step"] == "6"]
     assert len(at) == 2 and all(r["factor_vae_kim_mnih"] != "" and r["scored_step"] == "6" for r in at)
     assert scores_mod.score_run(runs / "chyvae-seed0", step=4) == {}  # no checkpoint kept at step 4
+
+
+def test_run_checkpoint_is_the_last_or_the_one_of_a_step(runs, tmp_path):
+    from chyvae_ext.train import Run
+
+    run = Run(runs / "chyvae-seed0")
+    assert run.checkpoint().name == "step_00000006.pt" and run.checkpoint(3).name == "step_00000003.pt"
+    assert run.checkpoint(4) is None and Run(tmp_path).checkpoint() is None

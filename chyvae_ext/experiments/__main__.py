@@ -95,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.at_step is None:
                 print(markdown_table(summarise(rows, columns), columns))
             else:
-                by_step = read_csv(path.with_name("results_by_step.csv"))
-                at = rows_at_step(by_step, args.at_step) + [r for r in rows if r.get("state") == "untrained"]
-                if len(at) == len([r for r in rows if r.get("state") == "untrained"]):
+                at = rows_at_step(read_csv(path.with_name("results_by_step.csv")), args.at_step)
+                if not at:
                     raise ValueError(f"--at-step {args.at_step}: no run has an evaluation at that step")
-                print(markdown_table(summarise(at, columns, states=STATES_ANY), columns))
+                floor = [r for r in rows if r.get("state") == "untrained"]
+                print(markdown_table(summarise(at + floor, columns, states=STATES_ANY), columns))
             print(f"{len(rows)} runs -> {path} and {path.with_name('results_by_step.csv')}")
             return 0
         if args.at_step is not None:

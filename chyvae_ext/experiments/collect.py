@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 from ..runfiles import read_metrics
-from ..train import TrainConfig
+from ..train import Run, TrainConfig
 
 HYPER = {"chyvae": "nu", "betavae": "beta", "factorvae": "gamma"}
 TABLE_COLUMNS = ("factor_vae", "factor_vae_kim_mnih", "mig", "recon", "neg_elbo")
@@ -86,7 +86,7 @@ def collect_runs(
     for run_dir in sorted(p.parent for p in root.rglob("config.json")):
         got = _run_rows(run_dir)
         if got is not None:
-            if any((run_dir / "checkpoints").glob("step_*.pt")):
+            if Run(run_dir).checkpoint() is not None:
                 if at_step is None:
                     got[0].update(score_run(run_dir, compute=score, progress=progress))
                 else:

@@ -116,7 +116,7 @@ def plot_by_step(rows: list[dict], out: Path, metric: str = "factor_vae", floor_
             )
     for ax, key in zip(axes[:-1], keys, strict=False):
         ax.set_ylabel(f"{key} (mean over seeds, band: +- std)")
-        _draw_floor(ax, _floor(list(floor_rows), key))
+        _draw_floor(ax, _floor(floor_rows, key))
     axes[-1].set_ylabel("held-out reconstruction error (nats)")
     for ax in axes:
         ax.set_xlabel("training step")
@@ -159,7 +159,7 @@ def plot_best_traversals(
 
     from ..evaluate import load_run
     from ..plots import save_traversals
-    from ..train import fixed_batches, open_dataset
+    from ..train import Run, fixed_batches, open_dataset
 
     best: dict[str, dict] = {}
     for r in rows:
@@ -170,11 +170,10 @@ def plot_best_traversals(
     paths = []
     for model, r in sorted(best.items()):
         run_dir = runs_root / r["run"]
-        pattern = "step_*.pt" if at_step is None else f"step_{at_step:08d}.pt"
-        ckpts = sorted((run_dir / "checkpoints").glob(pattern))
-        if not ckpts:
+        ckpt = Run(run_dir).checkpoint(at_step)
+        if ckpt is None:
             continue
-        net, config, _, _ = load_run(run_dir, checkpoint=ckpts[-1], device="cpu")
+        net, config, _, _ = load_run(run_dir, checkpoint=ckpt, device="cpu")
         fixed, held_out = fixed_batches(open_dataset(config, fixed=False), torch.device("cpu"))
         paths.append(out / f"traversals_{model}.png")
         save_traversals(net, fixed, held_out, paths[-1], out / f"traversals_{model}.gif")

@@ -29,7 +29,7 @@ import torch
 from ..data.base import GroundTruthDataset
 from ..metrics import make_encoder, score
 from ..runfiles import read_metrics
-from ..train import TrainConfig, initial_model, open_dataset
+from ..train import Run, TrainConfig, checkpoint_step_of, initial_model, open_dataset
 
 PROTOCOL_NAMES = ("chyvae", "kim_mnih")
 SCORE_KEYS = tuple(f"factor_vae_{p}" for p in PROTOCOL_NAMES) + ("mig_scored",)
@@ -64,9 +64,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    tmp.replace(path)
+    Run(path.parent).write_json(path.name, data)  # atomically, as a run's own files
 
 
 def score_run(
@@ -81,21 +79,18 @@ def score_run(
     without ground-truth factors. Cached in ``run_dir/scores.json``; ``compute=False`` returns only what
     is cached there ({} otherwise)."""
     from ..evaluate import load_run
-    from ..train import checkpoint_step_of
 
-    ckpts = sorted((run_dir / "checkpoints").glob("step_*.pt"))
-    if step is not None:
-        ckpts = [c for c in ckpts if checkpoint_step_of(c) == step]
-    if not ckpts:
+    ckpt = Run(run_dir).checkpoint(step)
+    if ckpt is None:
         return {}
-    step = checkpoint_step_of(ckpts[-1])
+    step = checkpoint_step_of(ckpt)
     cache_path = run_dir / "scores.json"
     cache = _read_json(cache_path)
     if str(step) in cache:
         return {"scored_step": step} | cache[str(step)]
     if not compute:
         return {}
-    model, config, _, _ = load_run(run_dir, checkpoint=ckpts[-1])
+    model, config, _, _ = load_run(run_dir, checkpoint=ckpt)
     dataset = _dataset(config)
     if dataset is None:
         return {}

@@ -46,9 +46,10 @@ def run_state(run_dir: Path, steps: int) -> str:
 
 def checkpoint_step(run_dir: Path) -> int:
     """The step of a run's last checkpoint (0 without one)."""
-    from ..train import checkpoint_step_of
+    from ..train import Run, checkpoint_step_of
 
-    return max((checkpoint_step_of(p) for p in (run_dir / "checkpoints").glob("step_*.pt")), default=0)
+    last = Run(run_dir).checkpoint()
+    return checkpoint_step_of(last) if last is not None else 0
 
 
 def plan_jobs(grid: Grid, todo: list[tuple[RunSpec, str]]) -> list[list[tuple[RunSpec, str]]]:
