@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ from ._checks import check_int
 from .data import DataError, get_dataset
 from .data.base import GroundTruthDataset
 from .data.fixed import fixed_sample
+from .distributed import Distributed, rank_seed
 from .metrics import PROTOCOLS, SharedEncodings, make_encoder, parse_metrics, score
 from .models import BetaVAE, CHyVAE, FactorVAE
 from .models.ensemble import (
@@ -90,6 +92,7 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_checkpoints: int = 3
     compile: bool = False  # the training step under torch.compile (CUDA graphs on a GPU)
+    world_size: int = 1  # processes training the run (torchrun); recorded, set from torchrun's environment
 
     def resolved(self) -> TrainConfig:
         c = dataclasses.replace(self)
@@ -151,6 +154,14 @@ def check_config(c: TrainConfig) -> None:
         check_int(f"--{name.replace('_', '-')}", getattr(c, name), 1)
     if c.dataset_size is not None:
         check_int("--dataset-size", c.dataset_size, 1)
+    check_int("world_size", c.world_size, 1)
+    if c.batch_size % c.world_size:
+        raise ValueError(
+            f"--batch-size {c.batch_size} does not divide among {c.world_size} processes (torchrun "
+            f"--nproc-per-node {c.world_size}): the global batch is split evenly; use a multiple of {c.world_size}"
+        )
+    if c.world_size > 1 and c.compile:
+        raise ValueError(f"--compile is not supported with {c.world_size} processes (torchrun); train without it")
     if not isinstance(c.include_shape, bool):
         raise ValueError(f"include_shape must be true or false, got {c.include_shape!r}")
     if not c.include_shape and c.dataset not in SHAPE_DATASETS:
@@ -276,6 +287,23 @@ def checkpoint_step_of(path: Path) -> int:
     return int(path.stem.split("_")[1])
 
 
+def load_checkpoint(path: Path | None, device: torch.device) -> dict | None:
+    """The checkpoint at ``path`` on ``device``; None (with a warning naming the file and the error) where it
+    cannot be loaded: truncated, corrupt, or not a training checkpoint."""
+    if path is None:
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # torch.load's failures on damaged files: RuntimeError, EOFError, UnpicklingError...
+        warnings.warn(f"skipping checkpoint {path}: it cannot be loaded ({type(exc).__name__}: {exc})",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    if not isinstance(state, dict) or not {"model", "opt", "step"} <= state.keys():
+        warnings.warn(f"skipping checkpoint {path}: not a training checkpoint", RuntimeWarning, stacklevel=2)
+        return None
+    return state
+
+
 class Run:
     """The run directory: config, metrics, status, checkpoints and pictures."""
 
@@ -327,6 +355,35 @@ class Run:
         if path.exists():
             rows = [r for r in read_metrics(path) if r["step"] <= step]
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+class ReadOnlyRun(Run):
+    """The run directory as a process other than rank 0 sees it under torchrun: read, never written."""
+
+    def prepare(self) -> None:
+        pass
+
+    def write_json(self, name: str, data: dict) -> None:
+        pass
+
+    def save_checkpoint(self, state: dict, step: int, keep: int, keep_every: int | None = None) -> Path:
+        return self.ckpt_dir / f"step_{step:08d}.pt"
+
+    def append_metrics(self, row: dict) -> None:
+        pass
+
+    def truncate_metrics(self, step: int) -> None:
+        pass
+
+
+class _NoWriter:
+    """TensorBoard's writer where rank 0 writes and this process does not."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class StopRequested:
@@ -383,7 +440,8 @@ def adam_update(params: list[torch.Tensor], grads, opt: torch.optim.Adam) -> Non
             p.sub_(step_size * state["exp_avg"] / denom)
 
 
-def make_step(model, opt, opt_d, batches, noise_gen, *, bf16: bool, compile: str | None = None):
+def make_step(model, opt, opt_d, batches, noise_gen, *, bf16: bool, compile: str | None = None,
+              dist: Distributed | None = None):
     """One optimisation step (two for FactorVAE: the VAE, then its discriminator) as a closure.
 
     Returns the step's loss terms as tensors; nothing here waits for the device. For an ensemble
@@ -398,11 +456,17 @@ def make_step(model, opt, opt_d, batches, noise_gen, *, bf16: bool, compile: str
     after one eager step that creates the optimiser's state; otherwise, and for FactorVAE, the
     loss is compiled (fullgraph=True, its backward through AOTAutograd) and the optimiser runs
     eagerly. On CUDA with inductor the graphs run as CUDA graphs (mode="reduce-overhead").
+
+    dist: under torchrun, the loss (and FactorVAE's discriminator loss) run through
+    DistributedDataParallel (chyvae_ext.distributed), which averages the gradients across processes.
     """
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     options = {"mode": "reduce-overhead"} if compile == "inductor" and device.type == "cuda" else {}
     cudagraphs = bool(options)
+    dist = dist or Distributed()
+    model_loss = dist.wrap_loss(model)
+    disc_loss = dist.wrap_discriminator_loss(model) if opt_d is not None else None
 
     def next_batch():
         x = next(batches)
@@ -413,7 +477,7 @@ def make_step(model, opt, opt_d, batches, noise_gen, *, bf16: bool, compile: str
 
     def loss_fn(x, noise):
         with autocast:
-            return model.loss(x, noise=noise)
+            return model_loss(x, noise)
 
     def eager_update(out) -> None:
         opt.zero_grad(set_to_none=True)
@@ -463,7 +527,7 @@ def make_step(model, opt, opt_d, batches, noise_gen, *, bf16: bool, compile: str
             noise2 = model.sample_noise(x2.shape[-4], device, noise_gen)
             with torch.no_grad():
                 z2 = loss(x2, noise2)["z"]
-            d_loss = model.discriminator_loss(out["z"].float(), z2.float(), generator=noise_gen)
+            d_loss = disc_loss(out["z"].float(), z2.float(), noise_gen)
             opt_d.zero_grad(set_to_none=True)
             d_loss.sum().backward()
             opt_d.step()
@@ -484,11 +548,11 @@ def _progress(total: int, initial: int):
 class Member:
     """One run inside a Trainer: its configuration, run directory, generators and where it stands."""
 
-    def __init__(self, config: TrainConfig, device: torch.device):
+    def __init__(self, config: TrainConfig, device: torch.device, dist: Distributed):
         self.config = config
-        self.run = Run(Path(config.out))
-        self.data_gen = torch.Generator().manual_seed(config.seed)
-        self.noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+        self.run = Run(Path(config.out)) if dist.is_main else ReadOnlyRun(Path(config.out))
+        self.data_gen = torch.Generator().manual_seed(rank_seed(config.seed, dist.rank))
+        self.noise_gen = torch.Generator(device=device).manual_seed(rank_seed(config.seed + 1, dist.rank))
         self.last_good: Path | None = None
         self.status: dict = {"state": "running", "step": 0}
         self.writer = None
@@ -526,7 +590,8 @@ class Trainer:
     def __init__(self, configs: list[TrainConfig], *, resume: bool = False, ensemble: bool | None = None):
         if not configs:
             raise ValueError("configs must hold at least one TrainConfig, got none")
-        self.configs = [c.resolved() for c in configs]
+        self.dist = Distributed.from_env(configs[0].device)
+        self.configs = [dataclasses.replace(c.resolved(), world_size=self.dist.world_size) for c in configs]
         for c in self.configs:
             check_config(c)
         self.stacked = len(configs) > 1 if ensemble is None else bool(ensemble)
@@ -536,10 +601,11 @@ class Trainer:
         if self.stacked:
             self._check_ensemble()
         self.dataset = open_dataset(c)
-        self.device = device = torch.device(c.device)
-        self.members = [Member(cfg, device) for cfg in self.configs]
+        self.device = device = torch.device(self.dist.device(c.device))
+        self.members = [Member(cfg, device, self.dist) for cfg in self.configs]
         for m in self.members:
             m.run.prepare()
+        self.dist.barrier()  # rank 0 made the directories
         self.bf16 = c.precision == "bf16"
         self._build()
         self.step_count = 0
@@ -547,24 +613,19 @@ class Trainer:
             self._resume()
         for m in self.members:
             m.run.write_json("config.json", dataclasses.asdict(m.config))
-            m.batches = self.dataset.batches(c.batch_size, device=device, generator=m.data_gen)
+            m.batches = self.dataset.batches(c.batch_size // c.world_size, device=device, generator=m.data_gen)
         self.fixed, self.held_out = fixed_batches(self.dataset, device)
         self.metric_names = parse_metrics(c.metrics) if isinstance(self.dataset, GroundTruthDataset) else []
         from torch.utils.tensorboard import SummaryWriter
 
         for m in self.members:
-            m.writer = SummaryWriter(str(m.run.root / "tb"), purge_step=self.step_count or None)
-            m.last_good = m.run.checkpoints()[-1] if m.run.checkpoints() else None
+            if self.dist.is_main:
+                m.writer = SummaryWriter(str(m.run.root / "tb"), purge_step=self.step_count or None)
+            else:
+                m.writer = _NoWriter()
+            m.last_good = m.run.checkpoint()
         self.noise_gens = [m.noise_gen for m in self.members]  # shortened in place when a member leaves
-        self.one_step = make_step(
-            self.model,
-            self.opt,
-            self.opt_d,
-            self._batches(),
-            self.noise_gens if self.stacked else self.members[0].noise_gen,
-            bf16=self.bf16,
-            compile="inductor" if c.compile else None,
-        )
+        self.one_step = self._make_step()
         self.term_names: list[str] | None = None
         self.sums = None
         self.bad = None
@@ -572,6 +633,18 @@ class Trainer:
         self.bar = None
 
     # ---- set-up ------------------------------------------------------------------------------------------------
+    def _make_step(self):
+        return make_step(
+            self.model,
+            self.opt,
+            self.opt_d,
+            self._batches(),
+            self.noise_gens if self.stacked else self.members[0].noise_gen,
+            bf16=self.bf16,
+            compile="inductor" if self.c.compile else None,
+            dist=self.dist,
+        )
+
     def _check_ensemble(self) -> None:
         first = self.configs[0]
         for cfg in self.configs[1:]:
@@ -607,16 +680,32 @@ class Trainer:
 
     def _resume(self) -> None:
         states = []
+        common, error = None, None
+        if self.dist.is_main:  # rank 0 decides (and sets damaged checkpoints aside); every rank loads that step
+            try:
+                common = min(self._newest_loadable_step(m) for m in self.members)
+            except ValueError as exc:
+                error = str(exc)
+        common, error = self.dist.broadcast((common, error))
+        if error is not None:
+            raise ValueError(error)
         for m in self.members:
-            ckpts = m.run.checkpoints()
-            if not ckpts:
-                raise ValueError(f"--resume {m.run.root}: no checkpoint in {m.run.ckpt_dir}")
-            state = torch.load(ckpts[-1], map_location=self.device, weights_only=False)
+            state = load_checkpoint(m.run.checkpoint(common), self.device)
+            if state is None:
+                raise ValueError(f"--resume {m.run.root}: no loadable checkpoint of step {common} in {m.run.ckpt_dir} "
+                                 "(an ensemble's members resume together from one step)")
             trained_on = state.get("channels", self.dataset.channels)
             if trained_on != self.dataset.channels:
                 raise ValueError(
                     f"--dataset {self.c.dataset} has {self.dataset.channels}-channel images, but the run in "
                     f"{m.run.root} was trained on {trained_on}-channel images"
+                )
+            written_by = state.get("world_size", 1)
+            if written_by != self.dist.world_size:
+                raise ValueError(
+                    f"--resume {m.run.root}: its checkpoint was written by {written_by} process(es) and this run has "
+                    f"{self.dist.world_size}; resume with the same number (torchrun --nproc-per-node {written_by}"
+                    + (")" if written_by > 1 else ", or without torchrun)")
                 )
             states.append(state)
         steps = {s["step"] for s in states}
@@ -635,12 +724,26 @@ class Trainer:
             if self.opt_d is not None:
                 self.opt_d.load_state_dict(states[0]["opt_d"])
         for m, state in zip(self.members, states, strict=True):
-            m.data_gen.set_state(state["data_gen"])
-            m.noise_gen.set_state(state["noise_gen"].to(m.noise_gen.get_state().device))
+            gens = state["ranks"][self.dist.rank] if self.dist.active else state
+            m.data_gen.set_state(gens["data_gen"])
+            m.noise_gen.set_state(gens["noise_gen"].to(m.noise_gen.get_state().device))
         torch.set_rng_state(states[0]["torch_rng"])
         self.step_count = states[0]["step"]
         for m in self.members:
             m.run.truncate_metrics(self.step_count)
+
+    def _newest_loadable_step(self, m: Member) -> int:
+        """The step of the member's newest checkpoint that loads; damaged newer ones are skipped with a warning."""
+        ckpts = m.run.checkpoints()
+        if not ckpts:
+            raise ValueError(f"--resume {m.run.root}: no checkpoint in {m.run.ckpt_dir}")
+        for path in reversed(ckpts):
+            if load_checkpoint(path, torch.device("cpu")) is not None:
+                return checkpoint_step_of(path)
+            if self.dist.is_main:  # set aside: nothing else (scores, collect, a later resume) takes it for good
+                path.replace(path.with_suffix(".pt.damaged"))
+        raise ValueError(f"--resume {m.run.root}: none of the {len(ckpts)} checkpoint(s) in {m.run.ckpt_dir} can be "
+                         "loaded (each one's warning says why)")
 
     def _batches(self):
         """Each member's batch from its own data order: (N, ...) alone, stacked (M, N, ...) in an ensemble."""
@@ -668,6 +771,9 @@ class Trainer:
         """A train row per member (one host synchronisation per interval); members whose loss turned
         non-finite in the interval are marked failed and leave."""
         step, since = self.step_count, self.steps_since
+        if self.dist.active:  # the global batch's terms; a member fails in every process at once
+            self.dist.mean_(self.sums)
+            self.bad = self.dist.max_(self.bad.to(torch.uint8)).bool()
         bad = self.bad.tolist()
         if any(bad):
             self._fail([i for i, b in enumerate(bad) if b])
@@ -696,7 +802,7 @@ class Trainer:
         if self.bar is not None:
             self.bar.update(since)
             self.bar.set_postfix(loss=_span(losses, 1), steps_s=f"{rate:.1f}")
-        else:
+        elif self.dist.is_main:
             who = f"  {len(self.members)} members" if self.stacked else ""
             recon = all_sums[0][self.term_names.index("recon")] / since
             detail = f"  loss {_span(losses, 2)}" + ("" if self.stacked else f"  recon {recon:.2f}")
@@ -719,8 +825,9 @@ class Trainer:
             }
             m.run.write_json("status.json", m.status)
             m.writer.close()
-            print(f"error: {m.name}: {m.status['error']}" if self.stacked else f"error: {m.status['error']}",
-                  file=sys.stderr)
+            if self.dist.is_main:
+                print(f"error: {m.name}: {m.status['error']}" if self.stacked else f"error: {m.status['error']}",
+                      file=sys.stderr)
         keep = [i for i in range(len(self.members)) if i not in failed]
         if keep and self.stacked:  # the others go on without them
             select_optimizer_members(self.opt, keep)  # first: it reads the parameters' shapes
@@ -730,9 +837,12 @@ class Trainer:
             self.sums, self.bad = self.sums[keep], self.bad[keep]
         self.members = [self.members[i] for i in keep]
         self.noise_gens[:] = [m.noise_gen for m in self.members]
+        if keep and self.dist.active:  # DistributedDataParallel holds the parameters it was given
+            self.one_step = self._make_step()
 
-    def member_state(self, i: int) -> dict:
-        """Member i's checkpoint, exactly a lone run's."""
+    def member_state(self, i: int, ranks: list | None = None) -> dict:
+        """Member i's checkpoint, exactly a lone run's. Under torchrun also every process's generators
+        (``ranks``, in rank order: each process resumes its own)."""
         m = self.members[i]
         if self.stacked:
             model = member_state_dict(self.model, i)
@@ -751,12 +861,21 @@ class Trainer:
             "step": self.step_count,
             "config": dataclasses.asdict(m.config),
             "channels": self.dataset.channels,
+            "world_size": self.dist.world_size,
+            **({"ranks": [r[i] for r in ranks]} if ranks is not None else {}),
         }
 
     def checkpoint(self) -> None:
+        """Every member's checkpoint of this step (rank 0 writes; under torchrun every process takes part)."""
+        ranks = None
+        if self.dist.active:
+            ranks = self.dist.gather(
+                [{"data_gen": m.data_gen.get_state(), "noise_gen": m.noise_gen.get_state().cpu()} for m in self.members]
+            )
         for i, m in enumerate(self.members):
+            state = self.member_state(i, ranks) if self.dist.is_main else {}
             m.last_good = m.run.save_checkpoint(
-                self.member_state(i), self.step_count, m.config.keep_checkpoints, keep_every=m.config.eval_every
+                state, self.step_count, m.config.keep_checkpoints, keep_every=m.config.eval_every
             )
 
     def member_model(self, i: int) -> torch.nn.Module:
@@ -813,12 +932,12 @@ class Trainer:
         for m in self.members:
             m.status = {"state": "running", "step": self.step_count}
             m.run.write_json("status.json", m.status)
-        self.bar = _progress(c.steps, self.step_count)
+        self.bar = _progress(c.steps, self.step_count) if self.dist.is_main else None
         self.model.train()
         self.t_last, self.steps_since = time.perf_counter(), 0
         self.started_at = self.step_count
         with StopRequested() as stop:
-            while self.step_count < c.steps and stop.signal is None and self.members:
+            while self.step_count < c.steps and not self._stopping(stop) and self.members:
                 self.step()
                 step = self.step_count
                 if step % c.log_every == 0 or step == c.steps:
@@ -828,12 +947,24 @@ class Trainer:
                 if step % c.ckpt_every == 0 or step % c.eval_every == 0 or step == c.steps:
                     self.checkpoint()  # at every evaluation step too (kept: scored again there by collect)
                 if step % c.eval_every == 0 or step == c.steps:
-                    self.evaluate()
-                    self.pictures()
-            self.finish(stop.signal)
+                    if self.dist.is_main:
+                        self.evaluate()
+                        self.pictures()
+                    self.dist.barrier()  # the other processes wait for rank 0's evaluation
+            self.finish(stop.signal if stop.signal is not None or not self._stopped_elsewhere else signal.SIGTERM)
+        self.dist.close()
         if self.bar is not None:
             self.bar.close()
         return [m.status for m in order]
+
+    def _stopping(self, stop: StopRequested) -> bool:
+        """Whether a signal came (to any process under torchrun: every process stops after the same step)."""
+        if not self.dist.active:
+            return stop.signal is not None
+        self._stopped_elsewhere = self.dist.any(stop.signal is not None)
+        return self._stopped_elsewhere
+
+    _stopped_elsewhere = False
 
     def finish(self, signum: int | None) -> None:
         """Writes each remaining member's end state: interrupted (with a checkpoint) or finished."""
@@ -847,17 +978,20 @@ class Trainer:
                     "signal": signal.Signals(signum).name,
                     "checkpoint": str(m.last_good),
                 }
-                print(
-                    f"stopped by {m.status['signal']} at step {self.step_count}; checkpoint {m.last_good}; "
-                    f"continue with: python -m chyvae_ext.train --resume {m.run.root}",
-                    file=sys.stderr,
-                )
+                if self.dist.is_main:
+                    n = self.dist.world_size
+                    launcher = f"torchrun --nproc-per-node {n} -m" if self.dist.active else "python -m"
+                    print(
+                        f"stopped by {m.status['signal']} at step {self.step_count}; checkpoint {m.last_good}; "
+                        f"continue with: {launcher} chyvae_ext.train --resume {m.run.root}",
+                        file=sys.stderr,
+                    )
             else:
                 m.status = {"state": "finished", "step": self.step_count, "checkpoint": str(m.last_good)}
             m.run.write_json("status.json", m.status)
             m.writer.close()
-        if signum is None and self.step_count == self.started_at:  # a step run here drew them at its end
-            self.pictures()
+        if signum is None and self.step_count == self.started_at and self.dist.is_main:
+            self.pictures()  # a step run here drew them at its end
 
 
 def _span(values: list[float], digits: int) -> str:
@@ -999,7 +1133,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for config, status in zip(configs, statuses, strict=True):
-        if status["state"] == "finished":
+        if status["state"] == "finished" and int(os.environ.get("RANK", "0")) == 0:
             print(f"finished {status['step']} steps; run directory: {config.resolved().out}")
     states = {s["state"] for s in statuses}
     if states == {"finished"}:
