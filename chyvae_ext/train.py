@@ -611,6 +611,9 @@ class Trainer:
         self.step_count = 0
         if resume:
             self._resume()
+        else:  # a fresh start (a retried job whose first attempt logged rows before its first checkpoint)
+            for m in self.members:
+                m.run.truncate_metrics(0)
         for m in self.members:
             m.run.write_json("config.json", dataclasses.asdict(m.config))
             m.batches = self.dataset.batches(c.batch_size // c.world_size, device=device, generator=m.data_gen)

@@ -309,10 +309,11 @@ def test_plan_groups_by_shape_and_caps_the_size(tmp_path):
 
     grid = grid_mod.expand_grid(spec)
     jobs = plan_jobs(grid, [(r, "new") for r in grid.runs])
-    sizes = sorted((job[0][0].options["model"], job[0][0].options.get("hidden", 128), len(job)) for job in jobs)
+    sizes = sorted((job.specs[0].options["model"], job.specs[0].options.get("hidden", 128), len(job.specs))
+                   for job in jobs)
     assert sizes == [("betavae", 128, 2), ("betavae", 128, 4), ("chyvae", 64, 3), ("chyvae", 128, 2),
                      ("chyvae", 128, 4)]
-    assert all(len({spec.options.get("hidden") for spec, _ in job}) == 1 for job in jobs)
+    assert all(len({spec.options.get("hidden") for spec in job.specs}) == 1 for job in jobs)
 
 
 def test_plan_puts_runs_under_way_before_new_ones(tmp_path):
@@ -322,10 +323,10 @@ def test_plan_puts_runs_under_way_before_new_ones(tmp_path):
     grid = grid_mod.expand_grid(spec)  # seed-major: nu12-seed0, nu50-seed0, nu12-seed1, nu50-seed1
     states = {"chyvae-nu12-seed1": "resumable", "chyvae-nu50-seed1": "resumable"}
     todo = [(r, states.get(r.name, "new")) for r in grid.runs]
-    assert [job[0][0].name for job in plan_jobs(grid, todo)] == [
+    assert [job.names[0] for job in plan_jobs(grid, todo)] == [
         "chyvae-nu12-seed1", "chyvae-nu50-seed1", "chyvae-nu12-seed0", "chyvae-nu50-seed0"]
     ensembles = plan_jobs(grid_mod.expand_grid(spec | {"ensemble": True, "ensemble_size": 2}), todo)
-    assert [[s.name for s, _ in job] for job in ensembles] == [
+    assert [job.names for job in ensembles] == [
         ["chyvae-nu12-seed1", "chyvae-nu50-seed1"], ["chyvae-nu12-seed0", "chyvae-nu50-seed0"]]
 
 

@@ -1,10 +1,13 @@
 """``python -m chyvae_ext.experiments {sweep,collect,plot}``.
 
 sweep --grid FILE [--dry-run] [--ensemble [--ensemble-size N]] [--set KEY=VALUE ...]
+      [--launcher {local,ray,slurm}] [--ray-address ADDR] [--slurm-partition P] [--slurm-time MIN]
                                  run a grid of trainings (resumable; see chyvae_ext.experiments.grid);
                                  --ensemble trains runs of one shape together as one batched model;
                                  --set gives every run a training option (e.g. --set dataset=dsprites
-                                 --set data_root=PATH), over what the grid file says
+                                 --set data_root=PATH), over what the grid file says;
+                                 --launcher: on this machine (default), a Ray cluster or SLURM
+                                 (chyvae_ext.experiments.launchers)
 collect ROOT [--out DIR] [--no-score] [--at-step S]
                                  results.csv and results_by_step.csv from every run under ROOT, with
                                  every run's last checkpoint scored under both FactorVAE protocols and
@@ -25,7 +28,7 @@ import sys
 
 from .._checks import check_int
 from .collect import STATES_ANY, TABLE_COLUMNS, collect_runs, markdown_table, read_csv, rows_at_step, summarise
-from .grid import load_grid
+from .grid import LAUNCHERS, load_grid
 from .plot import plot_all
 from .sweep import sweep
 
@@ -60,6 +63,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ensemble-size", type=int, help="at most this many members per ensemble")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a training option for every run (VALUE read as YAML), over the grid file's; repeatable")
+    p.add_argument("--launcher", choices=LAUNCHERS,
+                   help="where the runs train (default: the grid's launcher, or local)")
+    p.add_argument("--ray-address", dest="ray_address",
+                   help="ray: the cluster to connect to (default RAY_ADDRESS, else a local cluster)")
+    p.add_argument("--retries", type=int, help="ray: times a failed run is retried (default: the grid's, or 2)")
+    p.add_argument("--slurm-partition", dest="slurm_partition", help="slurm: the partition (default: the grid's)")
+    p.add_argument("--slurm-time", dest="slurm_time", type=int, metavar="MINUTES",
+                   help="slurm: each array task's time limit (default: the grid's, or 1440); a run past it is "
+                   "requeued and resumes")
+    p.add_argument("--slurm-cluster", dest="slurm_cluster", choices=("slurm", "local", "debug"),
+                   help="slurm: submitit's executor (default: slurm where sbatch is found); local runs the array here")
     p = sub.add_parser("collect", help="gather runs into CSV")
     p.add_argument("root", metavar="ROOT")
     p.add_argument("--out", help="directory for the CSVs (default ROOT)")
@@ -82,7 +96,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.ensemble or args.ensemble_size is not None:
                 size = args.ensemble_size if args.ensemble_size is not None else grid.ensemble_size
                 grid = dataclasses.replace(grid, ensemble=True, ensemble_size=size)
-            outcome = sweep(grid, dry_run=args.dry_run)
+            if args.retries is not None:
+                grid = dataclasses.replace(grid, retries=check_int("--retries", args.retries))
+            if args.slurm_time is not None:
+                check_int("--slurm-time", args.slurm_time, 1)
+            outcome = sweep(grid, dry_run=args.dry_run, launcher=args.launcher, ray_address=args.ray_address,
+                            slurm_partition=args.slurm_partition, slurm_time=args.slurm_time,
+                            slurm_cluster=args.slurm_cluster)
             if any(o == "interrupted" for o in outcome.values()):
                 return 130
             return 1 if any(o == "failed" for o in outcome.values()) else 0

@@ -8,6 +8,10 @@ A grid is YAML or JSON::
     seeds: [0, 1, 2]
     ensemble: false                    # true: runs that share their shapes train as one batched model
     ensemble_size: 16                  # at most this many members per ensemble (default: no cap)
+    launcher: local                    # local | ray | slurm (chyvae_ext.experiments.launchers)
+    resources: {cpus: 1, gpus: 0}      # per training process, on ray and slurm (default cpus: threads)
+    retries: 2                         # ray: times a failed run is retried (it resumes)
+    slurm: {partition: gpu, time: 240} # slurm: the partition and each array task's time limit, minutes
     common: {dataset: correlated_ellipses, steps: 1200, eval_every: 400}
     runs:
       - {model: chyvae, nu: [12, 200, 1000]}
@@ -32,7 +36,11 @@ from .._checks import check_int
 from ..train import TrainConfig
 
 _KNOWN = {f.name for f in dataclasses.fields(TrainConfig)} - {"out", "seed"}
-_GRID_KEYS = {"out", "jobs", "threads", "seeds", "common", "runs", "ensemble", "ensemble_size"}
+_GRID_KEYS = {
+    "out", "jobs", "threads", "seeds", "common", "runs", "ensemble", "ensemble_size", "launcher", "resources",
+    "retries", "slurm",
+}
+LAUNCHERS = ("local", "ray", "slurm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +58,10 @@ class Grid:
     runs: list[RunSpec]
     ensemble: bool = False
     ensemble_size: int | None = None  # None: no cap
+    launcher: str = "local"
+    resources: dict = dataclasses.field(default_factory=dict)  # cpus, gpus per training process
+    retries: int = 2
+    slurm: dict = dataclasses.field(default_factory=dict)  # partition, time (minutes)
 
 
 def _name(model: str, swept: dict, seed: int) -> str:
@@ -74,6 +86,19 @@ def expand_grid(spec: dict, *, base: Path = Path(".")) -> Grid:
     ensemble_size = spec.get("ensemble_size")
     if ensemble_size is not None:
         check_int("grid: ensemble_size", ensemble_size, 1)
+    launcher = spec.get("launcher", "local")
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"grid: launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    check_int("grid: retries", spec.get("retries", 2), 0)
+    resources = _mapping(spec, "resources", {"cpus", "gpus"})
+    for key, value in resources.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"grid: resources.{key} must be a number >= 0, got {value!r}")
+    slurm = _mapping(spec, "slurm", {"partition", "time"})
+    if "time" in slurm:
+        check_int("grid: slurm.time (minutes)", slurm["time"], 1)
+    if "partition" in slurm and not isinstance(slurm["partition"], str):
+        raise ValueError(f"grid: slurm.partition must be a string, got {slurm['partition']!r}")
     seeds = spec.get("seeds", [0])
     if (
         not isinstance(seeds, list)
@@ -111,7 +136,18 @@ def expand_grid(spec: dict, *, base: Path = Path(".")) -> Grid:
     runs.sort(key=lambda r: r.options["seed"])  # seed-major: a partial sweep covers every setting
     out = Path(spec.get("out", "runs/sweep"))
     out = Path(os.path.normpath(out if out.is_absolute() else base / out))
-    return Grid(out, spec.get("jobs", 1), spec.get("threads", 1), runs, ensemble, ensemble_size)
+    return Grid(out, spec.get("jobs", 1), spec.get("threads", 1), runs, ensemble, ensemble_size, launcher, resources,
+                spec.get("retries", 2), slurm)
+
+
+def _mapping(spec: dict, key: str, known: set[str]) -> dict:
+    value = spec.get(key, {})
+    if not isinstance(value, dict):
+        raise ValueError(f"grid: {key} must be a mapping, got {value!r}")
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"grid: {key}: unknown key(s) {', '.join(unknown)}; keys: {', '.join(sorted(known))}")
+    return value
 
 
 def apply_overrides(spec: dict, overrides: dict) -> dict:
