@@ -794,6 +794,7 @@ class Trainer:
                 "step": step,
                 **{k: v / since for k, v in zip(self.term_names, sums, strict=True)},
                 "steps_per_s": rate,
+                "time": round(time.time(), 3),  # when it was logged (which attempt of a retried run)
             }
             if nus is not None:
                 row["nu"] = nus[i]
