@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch  # noqa: F401  (loads libtorch before the compiled module)
 
-from ._loader import load_extension
+__version__ = "0.1.0"
+
+from ._loader import load_extension  # noqa: E402
 
 _C = load_extension()
 
 from ._validate import PriorCov  # noqa: E402
 from .ops import chyvae_regularizer, fused_available  # noqa: E402
 from .reference import chyvae_regularizer_ref  # noqa: E402
-
-__version__ = "0.1.0"
 
 
 def build_info() -> dict:

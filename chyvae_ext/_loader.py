@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
+import sys
+import time
+import types
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -60,25 +67,33 @@ def check_build_compat(
 
 
 def load_extension():
-    """Import chyvae_ext._C after checking it matches the running torch; returns the module."""
+    """chyvae_ext._C: the module pip built, where it matches the running torch; else the same sources built
+    against the running torch on first import (:func:`build_on_import`, cached). Returns the module."""
     try:
         from . import _build_config
-    except ImportError as exc:
-        raise ImportError(
-            "chyvae_ext's compiled part is missing (no _build_config): the package was not built. "
-            "Install it with `pip install --no-build-isolation .`"
-        ) from exc
-    check_build_compat(
-        _build_config.TORCH_VERSION,
-        _build_config.WITH_CUDA,
-        _build_config.CUDA_VERSION,
-        torch.__version__,
-        torch.version.cuda,
-    )
-    try:
-        from . import _C
-    except ImportError as exc:
-        raise ImportError(f"chyvae_ext's compiled module failed to load ({exc}). {REBUILD_HINT}") from exc
+    except ImportError:
+        _build_config = None
+    if _build_config is None:
+        problem = "chyvae_ext's compiled part is missing (no _build_config): the package was not built"
+    else:
+        try:
+            check_build_compat(
+                _build_config.TORCH_VERSION,
+                _build_config.WITH_CUDA,
+                _build_config.CUDA_VERSION,
+                torch.__version__,
+                torch.version.cuda,
+            )
+            problem = None
+        except ImportError as exc:
+            problem = str(exc).replace(f" {REBUILD_HINT}", "").rstrip(".")
+    if problem is None:
+        try:
+            from . import _C
+        except ImportError as exc:
+            problem = f"chyvae_ext's compiled module failed to load ({exc})"
+    if problem is not None:
+        _C, _build_config = build_on_import(problem)
     if not _build_config.WITH_CUDA and torch.cuda.is_available():
         warnings.warn(
             "chyvae_ext was built without CUDA kernels but a GPU is present: CUDA inputs use the "
@@ -88,3 +103,103 @@ def load_extension():
             stacklevel=3,
         )
     return _C
+
+
+# The CPU kernel's floating-point flags (CMakeLists.txt sets them on regularizer_cpu.cpp alone; a build on
+# import cannot set flags per file, and applies them to the host code too, which takes no sums they reorder).
+CPU_KERNEL_FLAGS = ["-O3", "-Wno-psabi", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
+
+
+def sources_dir() -> Path | None:
+    """Where the C++ sources are: shipped in the wheel (``chyvae_ext/_src``), or the source tree (editable)."""
+    here = Path(__file__).resolve().parent
+    for root in (here / "_src", here.parent):
+        if (root / "csrc" / "ops.cpp").is_file() and (root / "python" / "module.cpp").is_file():
+            return root
+    return None
+
+
+def build_dir_for_this_torch() -> Path:
+    """One build directory per (torch, Python, CUDA) under the cache directory."""
+    from ._cache import default_cache_dir
+
+    cuda = f"cu{torch.version.cuda}" if torch.version.cuda else "cpu"
+    tag = f"torch-{_base_version(torch.__version__)}-{cuda}-py{sys.version_info[0]}{sys.version_info[1]}"
+    return default_cache_dir() / "build" / tag
+
+
+def build_on_import(problem: str):
+    """Builds chyvae_ext._C from its sources against the running torch (ninja, through
+    torch.utils.cpp_extension) into :func:`build_dir_for_this_torch`, or loads the module built there
+    before; returns (module, its build config). One process builds at a time (a file lock); the
+    others wait and load its result. Refuses (ImportError with ``problem`` and how to rebuild) where
+    no C++ compiler or no sources are found."""
+    src = sources_dir()
+    compiler = os.environ.get("CXX", "c++")
+    build_dir = build_dir_for_this_torch()
+    built_before = any(build_dir.glob("_C*.so"))
+    if src is None or (shutil.which(compiler) is None and not built_before):
+        why = f"no C++ compiler ({compiler})" if src else "no C++ sources"
+        raise ImportError(f"{problem}. {REBUILD_HINT} (It cannot be built on import here: {why} was found.)")
+    from torch.utils import cpp_extension
+
+    with_cuda = (
+        torch.version.cuda is not None
+        and cpp_extension.CUDA_HOME is not None
+        and os.environ.get("CHYVAE_EXT_CPU_ONLY") != "1"
+    )
+    archs = None
+    if with_cuda:
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and torch.cuda.is_available():
+            caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+            os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(f"{a}.{b}" for a, b in caps)
+        archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    package = __package__
+    def string(name: str, value: str) -> str:  # a string macro through ninja's shell
+        return f'-D{name}=\\"{value}\\"'
+
+    defines = [string("CHYVAE_EXT_VERSION", _package_version())]
+    if with_cuda:
+        defines += ["-DCHYVAE_EXT_WITH_CUDA", string("CHYVAE_EXT_CUDA_VERSION", torch.version.cuda),
+                    string("CHYVAE_EXT_CUDA_ARCHS", archs or "")]
+    sources = [src / "python" / "module.cpp"] + [src / "csrc" / f for f in (
+        "ops.cpp", "autograd.cpp", "regularizer_host.cpp", "cpu/regularizer_cpu.cpp")]
+    if with_cuda:
+        sources.append(src / "csrc" / "cuda" / "regularizer_cuda.cu")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+        fresh = not any(build_dir.glob("_C*.so"))
+        t0 = time.perf_counter()
+        if fresh:
+            print(f"chyvae_ext: {problem}; building it against torch {torch.__version__} in {build_dir} "
+                  "(once; a minute or two)", file=sys.stderr, flush=True)
+        module = cpp_extension.load(
+            name="_C",
+            sources=[str(p) for p in sources],
+            extra_cflags=CPU_KERNEL_FLAGS + defines + (["-fopenmp"] if sys.platform.startswith("linux") else []),
+            extra_cuda_cflags=["-O3", *defines],
+            extra_ldflags=["-fopenmp"] if sys.platform.startswith("linux") else [],
+            extra_include_paths=[str(src / "csrc")],
+            build_directory=str(build_dir),
+            with_cuda=with_cuda,
+            verbose=False,
+        )
+        if fresh:
+            print(f"chyvae_ext: built in {time.perf_counter() - t0:.0f} s; later imports load it from there",
+                  file=sys.stderr, flush=True)
+    config = types.ModuleType(f"{package}._build_config")
+    config.VERSION = _package_version()
+    config.TORCH_VERSION = _base_version(torch.__version__)
+    config.WITH_CUDA = with_cuda
+    config.CUDA_VERSION = torch.version.cuda if with_cuda else None
+    config.CUDA_ARCHS = archs if with_cuda else None
+    config.BUILT_ON_IMPORT = str(build_dir)
+    for name, mod in (("_C", module), ("_build_config", config)):  # what `from . import _C` finds from now on
+        sys.modules[f"{package}.{name}"] = mod
+        setattr(sys.modules[package], name, mod)
+    return module, config
+
+
+def _package_version() -> str:
+    return getattr(sys.modules.get(__package__), "__version__", "unknown")  # set before the package loads _C

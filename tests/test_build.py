@@ -209,12 +209,85 @@ def test_fast_entry_declines_everything_else(change):
     assert chyvae_ext.ops._C.regularizer_fast(*args) is None
 
 
-def test_loading_under_another_torch_is_refused(monkeypatch):
+def test_loading_under_another_torch_without_a_compiler_is_refused(monkeypatch, tmp_path):
     from chyvae_ext._loader import load_extension
 
     monkeypatch.setattr(torch, "__version__", "9.9.9")
-    with pytest.raises(ImportError, match=r"built against torch .* but torch 9.9.9 is installed"):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-compiler"))
+    monkeypatch.setenv("CHYVAE_EXT_CACHE", str(tmp_path / "cache"))  # nothing built there before
+    with pytest.raises(ImportError, match=r"built against torch .* but torch 9.9.9 is installed\. Rebuild") as info:
         load_extension()
+    assert f"It cannot be built on import here: no C++ compiler ({tmp_path / 'no-compiler'}) was found" in str(info.value)
+
+
+# Run in a fresh interpreter: the package copied to ROOT (the editable install's finder removed, so that the
+# copy is what `import chyvae_ext` finds); the fused op checked against the reference.
+IMPORT_COPY = """
+import json, sys, time
+sys.meta_path[:] = [f for f in sys.meta_path if not type(f).__module__.startswith("_editable")]
+sys.path.insert(0, sys.argv[1])
+t0 = time.perf_counter()
+import torch
+import chyvae_ext
+from chyvae_ext import _build_config
+seconds = time.perf_counter() - t0
+assert chyvae_ext.__file__.startswith(sys.argv[1]), chyvae_ext.__file__
+gen = torch.Generator().manual_seed(0)
+mu = torch.randn(64, 5, generator=gen, dtype=torch.float64)
+L = torch.tril(torch.randn(64, 5, 5, generator=gen, dtype=torch.float64), -1) + torch.eye(5, dtype=torch.float64)
+z = mu[:, None] + torch.randn(64, 2, 5, generator=gen, dtype=torch.float64)
+fused = chyvae_ext.chyvae_regularizer(mu, L, z, 12.0, impl="fused")
+ref = chyvae_ext.chyvae_regularizer_ref(mu, L, z, 12.0)
+print(json.dumps({"torch": _build_config.TORCH_VERSION, "built_in": getattr(_build_config, "BUILT_ON_IMPORT", None),
+                  "err": (fused - ref).abs().max().item(), "info": chyvae_ext.build_info(), "seconds": seconds}))
+"""
+
+
+def package_built_for_another_torch(root):
+    """chyvae_ext copied to ROOT with its compiled module, said (by its _build_config) to be built for torch 2.0.0,
+    and its C++ sources as a wheel ships them (chyvae_ext/_src)."""
+    import shutil
+
+    from chyvae_ext._loader import sources_dir
+
+    pkg = root / "chyvae_ext"
+    shutil.copytree(Path(chyvae_ext.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__", "_src"))
+    shutil.copy(chyvae_ext._C.__file__, pkg)
+    (pkg / "_build_config.py").write_text(
+        'VERSION = "0.1.0"\nTORCH_VERSION = "2.0.0"\nWITH_CUDA = False\nCUDA_VERSION = None\nCUDA_ARCHS = None\n')
+    src = sources_dir()
+    shutil.copytree(src / "csrc", pkg / "_src" / "csrc")
+    (pkg / "_src" / "python").mkdir()
+    shutil.copy(src / "python" / "module.cpp", pkg / "_src" / "python")
+    return pkg
+
+
+def test_a_module_built_for_another_torch_is_rebuilt_on_import_and_the_build_is_reused(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "site"
+    package_built_for_another_torch(root)
+    env = dict(os.environ, CHYVAE_EXT_CACHE=str(tmp_path / "cache"))
+
+    def import_copy():
+        proc = subprocess.run([sys.executable, "-c", IMPORT_COPY, str(root)], capture_output=True, text=True,
+                              env=env, timeout=900)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+    first, err = import_copy()
+    base = torch.__version__.split("+")[0]
+    assert f"built against torch 2.0.0, but torch {torch.__version__} is installed; building it against torch" in err
+    assert re.search(r"chyvae_ext: built in \d+ s", err)
+    assert first["torch"] == base and first["info"]["torch_version"] == base
+    assert first["built_in"].startswith(str(tmp_path / "cache" / "build" / f"torch-{base}-"))
+    assert first["err"] < 1e-10  # the rebuilt kernels compute the regulariser
+    second, err = import_copy()
+    assert "building" not in err and second["built_in"] == first["built_in"] and second["err"] == first["err"]
+    assert second["seconds"] < first["seconds"]
 
 
 def test_readme_example_runs():

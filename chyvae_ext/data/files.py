@@ -15,17 +15,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .._cache import default_cache_dir
 from .base import IMAGE_SIZE, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
-
-def default_cache_dir() -> Path:
-    """$CHYVAE_EXT_CACHE, else $XDG_CACHE_HOME/chyvae_ext, else ~/.cache/chyvae_ext."""
-    if os.environ.get("CHYVAE_EXT_CACHE"):
-        return Path(os.environ["CHYVAE_EXT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "chyvae_ext"
 
 
 def check_file(path: str | os.PathLike, *, dataset: str, source: str) -> Path:
