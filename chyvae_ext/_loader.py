@@ -107,7 +107,9 @@ def load_extension():
 
 # The CPU kernel's floating-point flags (CMakeLists.txt sets them on regularizer_cpu.cpp alone; a build on
 # import cannot set flags per file, and applies them to the host code too, which takes no sums they reorder).
-CPU_KERNEL_FLAGS = ["-O3", "-Wno-psabi", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math"]
+CPU_KERNEL_FLAGS = [
+    "-O3", "-Wno-psabi", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
+]
 
 
 def sources_dir() -> Path | None:

@@ -5,8 +5,9 @@ CPU. Everything a run produces lands in ``--out`` (default ``runs/<model>-<datas
 
     config.json        the resolved configuration
     metrics.jsonl      one JSON object per logging interval (kind "train": losses and their terms,
-                       steps/s) and per evaluation (kind "eval": held-out negative ELBO and terms, and
-                       the --metrics, by default the FactorVAE score, on sets with ground-truth factors)
+                       steps/s, the time it was logged) and per evaluation (kind "eval": held-out
+                       negative ELBO and terms, and the --metrics, by default the FactorVAE score,
+                       on sets with ground-truth factors)
     status.json        running / finished / interrupted / failed, with the step
     tb/                TensorBoard event files
     checkpoints/       step_XXXXXXXX.pt, written atomically, the last few kept
@@ -15,6 +16,9 @@ CPU. Everything a run produces lands in ``--out`` (default ``runs/<model>-<datas
 ``--resume RUN_DIR`` continues from the last checkpoint (model, optimisers, random states and data
 order): on the CPU an interrupted and resumed run ends with the same parameters, bit for bit, as
 one never interrupted. SIGINT or SIGTERM saves a checkpoint and exits with status 130.
+
+``torchrun --nproc-per-node N -m -- chyvae_ext.train ...`` trains one run across N processes with
+DistributedDataParallel (``--batch-size`` the global batch; see chyvae_ext.distributed).
 
 ``--ensemble RUN_DIR ...`` trains several runs as one batched model (``train_ensemble``; the sweep's
 ``--ensemble`` starts these): each RUN_DIR holds the run's options (``sweep_options.json``) or, with

@@ -53,7 +53,8 @@ def plan_jobs(grid: Grid, todo: list[tuple[RunSpec, str]]) -> list[Job]:
             by_key.setdefault((ensemble_key(TrainConfig(**spec.options)), state, start), []).append((spec, state))
         size = grid.ensemble_size or max((len(g) for g in by_key.values()), default=1)
         groups = [g[i : i + size] for g in by_key.values() for i in range(0, len(g), size)]
-    jobs = [Job([spec for spec, _ in g], grid.out, g[0][1]) for g in groups]
+    out = grid.out.absolute()  # the same path for a Ray worker or SLURM task started elsewhere
+    jobs = [Job([spec for spec, _ in g], out, g[0][1]) for g in groups]
     return sorted(jobs, key=lambda job: job.state != "resumable")  # stable: the grid's order otherwise
 
 
