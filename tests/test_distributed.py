@@ -58,6 +58,26 @@ def test_compile_with_several_processes_is_refused():
         check_config(TrainConfig(world_size=2, compile=True, batch_size=50).resolved())
 
 
+def assert_one_process_step(config, params, world=2):
+    """``params`` equal one Adam step of a lone model, written out here, on the union of the ``world`` processes'
+    batches and noise (each process's drawn from its rank's generators) as one global batch."""
+    c = TrainConfig(**{k: v for k, v in config.items() if k != "out"}).resolved()
+    dataset = open_dataset(c)
+    model = initial_model(c, dataset.channels)
+    opt = torch.optim.Adam(model.parameters(), lr=c.lr, betas=(0.9, 0.999))
+    local = c.batch_size // world
+    xs, noises = [], []
+    for rank in range(world):
+        gen = torch.Generator().manual_seed(rank_seed(c.seed, rank))
+        xs.append(next(dataset.batches(local, device=torch.device("cpu"), generator=gen)))
+        noises.append(model.sample_noise(local, "cpu", torch.Generator().manual_seed(rank_seed(c.seed + 1, rank))))
+    noise = tuple(torch.cat(parts) for parts in zip(*noises, strict=True))
+    model.loss(torch.cat(xs), noise=noise)["loss"].sum().backward()
+    opt.step()
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(params[name], value, rtol=1e-5, atol=1e-7, msg=name)
+
+
 @needs_torchrun
 @pytest.mark.parametrize("model", ["betavae", "chyvae"])
 def test_two_processes_take_the_one_process_step_on_the_union_of_their_batches(tmp_path, model):
@@ -70,24 +90,25 @@ def test_two_processes_take_the_one_process_step_on_the_union_of_their_batches(t
     two = torch.load(out / "checkpoints" / "step_00000001.pt", weights_only=False)
     assert two["world_size"] == 2 and len(two["ranks"]) == 2
 
-    # The one-process step, written out here: both processes' batches and noise as one global batch.
-    c = TrainConfig(**{k: v for k, v in config.items() if k != "out"}).resolved()
-    dataset = open_dataset(c)
-    model_ = initial_model(c, dataset.channels)
-    opt = torch.optim.Adam(model_.parameters(), lr=c.lr, betas=(0.9, 0.999))
-    xs, noises = [], []
-    for rank in range(2):
-        gen = torch.Generator().manual_seed(rank_seed(c.seed, rank))
-        xs.append(next(dataset.batches(4, device=torch.device("cpu"), generator=gen)))
-        noise_gen = torch.Generator().manual_seed(rank_seed(c.seed + 1, rank))
-        noises.append(model_.sample_noise(4, "cpu", noise_gen))
-    x = torch.cat(xs)
-    noise = tuple(torch.cat(parts) for parts in zip(*noises, strict=True))
-    model_.loss(x, noise=noise)["loss"].sum().backward()
-    opt.step()
-    for name, value in model_.state_dict().items():
-        torch.testing.assert_close(two["model"][name], value, rtol=1e-5, atol=1e-7, msg=name)
+    assert_one_process_step(config, two["model"])
     assert rows(out)[0]["step"] == 1
+
+
+@needs_torchrun
+def test_an_ensemble_under_torchrun_steps_each_member_as_its_lone_run(tmp_path):
+    members = [tmp_path / "a", tmp_path / "b"]
+    for run, options in zip(members, [{"model": "chyvae", "nu": 10.0, "seed": 0}, {"model": "chyvae", "nu": 20.0, "seed": 3}],
+                            strict=True):
+        run.mkdir()
+        (run / "sweep_options.json").write_text(json.dumps(options))
+    tiny = [a for a in TINY if a not in ("--nu", "10")]
+    proc = torchrun(["--ensemble", *map(str, members), "--steps", "1", "--eval-every", "1", *tiny])
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    for run in members:
+        config = json.loads((run / "config.json").read_text())
+        assert config["world_size"] == 2
+        assert_one_process_step(config, torch.load(run / "checkpoints" / "step_00000001.pt", weights_only=False)["model"])
 
 
 @needs_torchrun
