@@ -74,7 +74,8 @@ def load_extension():
     except ImportError:
         _build_config = None
     if _build_config is None:
-        problem = "chyvae_ext's compiled part is missing (no _build_config): the package was not built"
+        problem = ("chyvae_ext was installed without its compiled module (a plain `pip install .` builds in an "
+                   "environment without torch, and ships the sources)")
     else:
         try:
             check_build_compat(
@@ -175,7 +176,7 @@ def build_on_import(problem: str):
         t0 = time.perf_counter()
         if fresh:
             print(f"chyvae_ext: {problem}; building it against torch {torch.__version__} in {build_dir} "
-                  "(once; a minute or two)", file=sys.stderr, flush=True)
+                  "(once; minutes on a small machine)", file=sys.stderr, flush=True)
         module = cpp_extension.load(
             name="_C",
             sources=[str(p) for p in sources],
