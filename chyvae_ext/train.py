@@ -690,7 +690,13 @@ class Trainer:
         common, error = None, None
         if self.dist.is_main:  # rank 0 decides (and sets damaged checkpoints aside); every rank loads that step
             try:
-                common = min(self._newest_loadable_step(m) for m in self.members)
+                newest = [self._newest_loadable_step(m) for m in self.members]
+                if len(set(newest)) > 1:
+                    at = ", ".join(f"{m.name} at {s}" for m, s in zip(self.members, newest, strict=True))
+                    raise ValueError(
+                        f"an ensemble resumes together: its members' checkpoints must be at one step, got {at}"
+                    )
+                common = newest[0]
             except ValueError as exc:
                 error = str(exc)
         common, error = self.dist.broadcast((common, error))
@@ -699,8 +705,8 @@ class Trainer:
         for m in self.members:
             state = load_checkpoint(m.run.checkpoint(common), self.device)
             if state is None:
-                raise ValueError(f"--resume {m.run.root}: no loadable checkpoint of step {common} in {m.run.ckpt_dir} "
-                                 "(an ensemble's members resume together from one step)")
+                raise ValueError(f"--resume {m.run.root}: its checkpoint of step {common} in {m.run.ckpt_dir} "
+                                 "cannot be loaded (the warning says why)")
             trained_on = state.get("channels", self.dataset.channels)
             if trained_on != self.dataset.channels:
                 raise ValueError(
@@ -715,10 +721,6 @@ class Trainer:
                     + (")" if written_by > 1 else ", or without torchrun)")
                 )
             states.append(state)
-        steps = {s["step"] for s in states}
-        if len(steps) != 1:
-            at = ", ".join(f"{m.name} at {s['step']}" for m, s in zip(self.members, states, strict=True))
-            raise ValueError(f"an ensemble resumes together: its members' checkpoints must be at one step, got {at}")
         if self.stacked:
             for i, state in enumerate(states):
                 load_member_state_dict(self.model, i, state["model"])

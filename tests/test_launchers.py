@@ -4,6 +4,7 @@ the shared Job, and the refusals."""
 import json
 import os
 import textwrap
+import time
 
 import pytest
 
@@ -152,3 +153,25 @@ def test_launcher_options_on_the_command_line(tmp_path, capsys):
     assert "--retries must be a non-negative integer, got -1" in capsys.readouterr().err
     assert experiments_main(["sweep", "--grid", str(path), "--slurm-time", "0"]) == 2
     assert "--slurm-time must be a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_a_slurm_task_warned_of_its_end_checkpoints_and_requeues_itself_to_resume(tmp_path):
+    submitit = pytest.importorskip("submitit")
+    from chyvae_ext.experiments.launchers import SlurmTask
+
+    grid = expand_grid({"out": str(tmp_path / "sweep"), "common": dict(TINY, steps=100000, ckpt_every=1000),
+                        "runs": [{"model": "betavae"}]})
+    job = Job([grid.runs[0]], grid.out, "new")
+    task = SlurmTask(job, {"OMP_NUM_THREADS": "1"})
+    task.proc = job.start(dict(os.environ, OMP_NUM_THREADS="1"))  # what __call__ starts, without its wait
+    run_dir = grid.out / grid.runs[0].name
+    deadline = time.time() + 240
+    while not (run_dir / "metrics.jsonl").exists() and time.time() < deadline and task.proc.poll() is None:
+        time.sleep(0.2)
+    requeued = task.checkpoint()  # what submitit calls on SLURM's warning before a time-out or preemption
+    assert task.proc.returncode == 130
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "interrupted" and (run_dir / "checkpoints" / f"step_{status['step']:08d}.pt").is_file()
+    assert isinstance(requeued, submitit.helpers.DelayedSubmission)
+    again = requeued.function
+    assert isinstance(again, SlurmTask) and again.job.command()[-4:] == ["--resume", str(run_dir), "--steps", "100000"]
