@@ -28,8 +28,10 @@ from .plots import save_model_pictures
 from .train import Run, TrainConfig, build_model, check_config, fixed_batches, held_out_terms, open_dataset
 
 
-def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, device: str | None = None):
-    """(model in eval mode, its TrainConfig, the checkpoint's path, its step) for a run directory."""
+def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, device: str | None = None,
+             weights_only: bool = False):
+    """(model in eval mode, its TrainConfig, the checkpoint's path, its step) for a run directory.
+    ``weights_only``: load the checkpoint with torch.load(weights_only=True) (tensors and plain values only)."""
     root = Path(run_dir)
     if not (root / "config.json").is_file():
         raise ValueError(f"RUN_DIR {root}: no config.json there (not a run directory)")
@@ -46,7 +48,7 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
         raise ValueError(f"--checkpoint {checkpoint}: no such file")
     check_config(config.resolved())  # the device among the rest, with training's messages
     dev = torch.device(config.device)
-    state = torch.load(checkpoint, map_location=dev, weights_only=False)
+    state = torch.load(checkpoint, map_location=dev, weights_only=weights_only)
     model = build_model(config, state.get("channels", 1)).to(dev)
     model.load_state_dict(state["model"])
     return model.eval(), config, checkpoint, int(state["step"])

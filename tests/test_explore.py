@@ -1,0 +1,172 @@
+"""The explorer's API (Starlette's TestClient): every endpoint against the model computed directly, every bad
+request's message, start-up failures."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("starlette")
+pytest.importorskip("httpx")
+from PIL import Image  # noqa: E402
+from starlette.testclient import TestClient  # noqa: E402
+
+from chyvae_ext.evaluate import load_run  # noqa: E402
+from chyvae_ext.explore import N_IMAGES, create_app, load_runs, main  # noqa: E402
+from chyvae_ext.train import TrainConfig, fixed_batches, open_dataset, train  # noqa: E402
+
+TINY = dict(steps=8, batch_size=8, log_every=4, eval_every=8, ckpt_every=4, precision="fp32", z_dim=4, hidden=32,
+            metrics="none")
+
+
+@pytest.fixture(scope="module")
+def run_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("explore")
+    train(TrainConfig(model="chyvae", nu=10.0, out=str(root / "chyvae"), **TINY))
+    train(TrainConfig(model="betavae", out=str(root / "betavae"), **TINY))
+    return [root / "chyvae", root / "betavae"]
+
+
+@pytest.fixture(scope="module")
+def client(run_dirs):
+    return TestClient(create_app(load_runs([str(d) for d in run_dirs])))
+
+
+def decoded(response) -> np.ndarray:
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    return np.asarray(Image.open(io.BytesIO(response.content)), dtype=np.float64) / 255
+
+
+def expected_png(images: torch.Tensor) -> np.ndarray:
+    """(n, 1, H, W) in [0, 1] as the PNG holds them: side by side, rounded to 8 bits."""
+    a = (images.clamp(0, 1) * 255).round() / 255
+    return torch.cat(list(a[:, 0]), dim=1).numpy()
+
+
+def test_page_and_its_files_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and '<script src="/static/explore.js">' in page.text
+    assert client.get("/static/explore.js").status_code == 200
+    assert "font-family" in client.get("/static/explore.css").text
+    missing = client.get("/static/secret.py")
+    assert missing.status_code == 404 and missing.json() == {"error": "no static file 'secret.py'"}
+    assert client.get("/nowhere").json() == {"error": "no such page: /nowhere"}
+
+
+def test_runs_list_their_dimensions_metrics_and_curves(client, run_dirs):
+    runs = client.get("/api/runs").json()
+    assert [r["name"] for r in runs] == ["chyvae", "betavae"] and [r["id"] for r in runs] == [0, 1]
+    chy, beta = runs
+    assert chy["nu"] == 10.0 and beta["nu"] is None and chy["z_dim"] == 4 and chy["step"] == 8
+    model, config, _, _ = load_run(run_dirs[0])
+    _, held_out = fixed_batches(open_dataset(config.resolved(), fixed=False), torch.device("cpu"))
+    with torch.no_grad():
+        mu, L = model.posterior(held_out)
+    var = (L**2).sum(-1)
+    kl = (0.5 * (mu**2 + var - var.log() - 1)).mean(0)
+    for k, d in enumerate(chy["dims"]):
+        assert d["index"] == k
+        assert d["mean"] == pytest.approx(float(mu[:, k].mean()), rel=1e-5, abs=1e-6)
+        assert d["high"] - d["low"] == pytest.approx(6 * float(mu[:, k].std()), rel=1e-4)
+        assert d["kl"] == pytest.approx(float(kl[k]), rel=1e-4) and d["active"] == (d["kl"] > 0.05)
+    assert chy["order"] == sorted(range(4), key=lambda k: -chy["dims"][k]["kl"])
+    rows = [json.loads(r) for r in (run_dirs[0] / "metrics.jsonl").read_text().splitlines()]
+    assert chy["metrics"] == [r for r in rows if r["kind"] == "eval"][-1]
+    assert chy["curves"]["step"] == [4, 8] and len(chy["curves"]["regularizer"]) == 2 and "kl" in beta["curves"]
+    assert chy["config"]["model"] == "chyvae" and chy["images"] == N_IMAGES
+
+
+def test_decode_and_traversal_are_the_models_images(client, run_dirs):
+    model, _, _, _ = load_run(run_dirs[1])
+    z = torch.tensor([[0.5, -1.0, 0.25, 2.0]])
+    got = decoded(client.get("/api/runs/1/decode", params={"z": "0.5,-1,0.25,2"}))
+    with torch.no_grad():
+        want = expected_png(torch.sigmoid(model.decode(z)))
+    np.testing.assert_allclose(got, want, atol=1.5 / 255)
+    dims = client.get("/api/runs").json()[1]["dims"]
+    strip = decoded(client.get("/api/runs/1/traversal", params={"z": "0.5,-1,0.25,2", "dim": 2, "steps": 3}))
+    assert strip.shape == (64, 3 * 64)
+    zs = z.repeat(3, 1)
+    zs[:, 2] = torch.tensor([dims[2]["low"], (dims[2]["low"] + dims[2]["high"]) / 2, dims[2]["high"]])
+    with torch.no_grad():
+        np.testing.assert_allclose(strip, expected_png(torch.sigmoid(model.decode(zs))), atol=1.5 / 255)
+
+
+def test_images_encode_and_reconstruction_are_the_held_out_images(client, run_dirs):
+    model, config, _, _ = load_run(run_dirs[0])
+    _, held_out = fixed_batches(open_dataset(config.resolved(), fixed=False), torch.device("cpu"))
+    np.testing.assert_allclose(decoded(client.get("/api/runs/0/images/3.png")), expected_png(held_out[3:4]),
+                               atol=0.5 / 255)
+    post = client.get("/api/runs/0/encode/3").json()
+    with torch.no_grad():
+        mu, L = model.posterior(held_out[3:4])
+        recon = torch.sigmoid(model.decode(mu))
+    cov = (L[0] @ L[0].T).numpy()
+    np.testing.assert_allclose(post["mu"], mu[0].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(post["cov"], cov, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(post["corr"], cov / np.sqrt(np.outer(np.diag(cov), np.diag(cov))), rtol=1e-4, atol=1e-6)
+    assert post["nu"] == 10.0
+    np.testing.assert_allclose(decoded(client.get("/api/runs/0/reconstruction/3.png")), expected_png(recon),
+                               atol=1.5 / 255)
+    beta = client.get("/api/runs/1/encode/0").json()  # a diagonal posterior: no correlation off the diagonal
+    assert beta["nu"] is None and np.allclose(np.array(beta["corr"]) - np.eye(4), 0)
+
+
+@pytest.mark.parametrize(("url", "status", "message"), [
+    ("/api/runs/0/decode", 400, "z is required: 4 comma-separated numbers"),
+    ("/api/runs/0/decode?z=1,2,3", 400, "z must have 4 values (the run's z_dim), got 3"),
+    ("/api/runs/0/decode?z=1,2,3,x", 400, "z must be numbers, got '1,2,3,x'"),
+    ("/api/runs/0/decode?z=1,2,nan,4", 400, "z must be finite, got nan at index 2"),
+    ("/api/runs/0/decode?z=1,inf,3,4", 400, "z must be finite, got inf at index 1"),
+    ("/api/runs/0/decode?z=1,2,3,1e6", 400, "z must lie within -1000..1000, got 1000000.0 at index 3"),
+    ("/api/runs/0/traversal?z=0,0,0,0", 400, "dim is required: an integer 0..3"),
+    ("/api/runs/0/traversal?z=0,0,0,0&dim=4", 400, "dim must be an integer 0..3, got 4"),
+    ("/api/runs/0/traversal?z=0,0,0,0&dim=a", 400, "dim must be an integer 0..3, got 'a'"),
+    ("/api/runs/0/traversal?z=0,0,0,0&dim=1&steps=1", 400, "steps must be an integer 2..32, got 1"),
+    ("/api/runs/0/traversal?z=0,0,0,0&dim=1&steps=33", 400, "steps must be an integer 2..32, got 33"),
+    ("/api/runs/2/decode?z=0,0,0,0", 404, "no run 2: this server shows runs 0..1"),
+    ("/api/runs/-1/encode/0", 404, "no run -1: this server shows runs 0..1"),
+    ("/api/runs/x/decode?z=0,0,0,0", 400, "run id must be an integer index, got 'x'"),
+    ("/api/runs/0/images/12.png", 404, "no image 12: this run shows images 0..11"),
+    ("/api/runs/0/images/a.png", 400, "image index must be an integer, got 'a'"),
+    ("/api/runs/0/encode/99", 404, "no image 99: this run shows images 0..11"),
+    ("/api/runs/0/reconstruction/-3.png", 404, "no image -3: this run shows images 0..11"),
+])
+def test_bad_requests_get_a_message_not_a_traceback(client, url, status, message):
+    response = client.get(url)
+    assert response.status_code == status and response.json() == {"error": message}
+
+
+def test_a_path_in_place_of_a_run_id_is_no_page(client):
+    response = client.get("/api/runs/..%2F..%2Fetc%2Fpasswd/decode")
+    assert response.status_code == 404 and response.json()["error"].startswith("no such page: ")
+
+
+def test_an_unreadable_run_fails_at_start_up_naming_it(tmp_path, run_dirs, capsys):
+    with pytest.raises(ValueError, match=f"RUN_DIR {tmp_path / 'nothing'}: cannot be explored: .*no config.json there"):
+        load_runs([str(tmp_path / "nothing")])
+    with pytest.raises(ValueError, match="--checkpoint names one run's checkpoint; got 2 run directories"):
+        load_runs([str(d) for d in run_dirs], checkpoint=str(run_dirs[0] / "checkpoints" / "step_00000008.pt"))
+    assert main([str(tmp_path / "nothing")]) == 2
+    assert f"error: RUN_DIR {tmp_path / 'nothing'}: cannot be explored" in capsys.readouterr().err
+    assert main([str(run_dirs[0]), "--port", "70000"]) == 2
+    assert "error: --port must be 0..65535, got 70000" in capsys.readouterr().err
+
+
+class NotWeights:
+    """An object a weights_only load refuses (it would run code to unpickle)."""
+
+
+def test_checkpoints_load_weights_only(tmp_path, run_dirs):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dirs[1], run)
+    ckpt = run / "checkpoints" / "step_00000008.pt"
+    torch.save({**torch.load(ckpt, weights_only=True), "extra": NotWeights()}, ckpt)
+    with pytest.raises(ValueError, match=f"RUN_DIR {run}: cannot be explored: .*Weights only load failed"):
+        load_runs([str(run)])
+    only = load_runs([str(run_dirs[1])], checkpoint=str(run_dirs[1] / "checkpoints" / "step_00000004.pt"))
+    assert only[0].step == 4
