@@ -321,6 +321,34 @@ def _int_param(request, name: str, default: int | None, least: int, most: int) -
     return value
 
 
+class Served:
+    """The app served by uvicorn in a background thread (tests, screenshots): ``url``; ``stop()`` ends it."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0):
+        import socket
+        import threading
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + timeout
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.05)
+        if not self.server.started:
+            raise RuntimeError(f"the explorer did not start on {host}:{port} within {timeout:g} s")
+        self.url = f"http://{host}:{port}/"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
 def load_runs(run_dirs: list[str], *, checkpoint: str | None = None, device: str = "cpu") -> list[ExploredRun]:
     """Every run named, loaded; ValueError naming the first that cannot be (at start-up, not on a request)."""
     if not run_dirs:

@@ -313,7 +313,7 @@ def test_readme_set_up_names_only_torch_and_the_build_requirements():
                 else:
                     named.add(re.split(r"[<>=!~]", target)[0].lower())
     assert named == {"torch"} | build
-    assert "[test,ray,slurm]" in commands[1]
+    assert "[test,ray,slurm,explore]" in commands[1]
     assert commands[1] in (root / ".ci" / "run").read_text()
 
 

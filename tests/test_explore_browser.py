@@ -5,9 +5,6 @@ never `playwright install`). Skipped where no Chromium is found, except with CHY
 import io
 import os
 import shutil
-import socket
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -22,11 +19,11 @@ if CHROMIUM is None:
     pytest.skip("no Chromium on PATH (apt-get install chromium)", allow_module_level=True)
 playwright_api = pytest.importorskip("playwright.sync_api") if not REQUIRED else __import__(
     "playwright.sync_api", fromlist=["sync_playwright"])
-uvicorn = pytest.importorskip("uvicorn") if not REQUIRED else __import__("uvicorn")
+pytest.importorskip("uvicorn") if not REQUIRED else __import__("uvicorn")
 
 from PIL import Image  # noqa: E402
 
-from chyvae_ext.explore import create_app, load_runs  # noqa: E402
+from chyvae_ext.explore import Served, create_app, load_runs  # noqa: E402
 
 TINY = dict(steps=60, batch_size=16, log_every=20, eval_every=60, ckpt_every=60, precision="fp32", z_dim=4,
             hidden=32, metrics="none")
@@ -38,36 +35,33 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     train(TrainConfig(model="chyvae", nu=10.0, out=str(root / "chyvae"), **TINY))
     train(TrainConfig(model="betavae", out=str(root / "betavae"), **TINY))
-    app = create_app(load_runs([str(root / "chyvae"), str(root / "betavae")]))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not srv.started and time.time() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    served = Served(create_app(load_runs([str(root / "chyvae"), str(root / "betavae")])))
+    yield served.url
+    served.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
 
 
 @pytest.fixture()
-def page(server):
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        errors = []
-        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(server)
-        page.wait_for_selector("body[data-ready='1']")
-        for run in (0, 1):
-            wait_frames(page, run, 1)
-        page.errors = errors
-        yield page
-        browser.close()
+def page(server, browser):
+    """A fresh page on the explorer, loaded, both runs' first images drawn; ``page.errors``: console errors."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server)
+    page.wait_for_selector("body[data-ready='1']")
+    for run in (0, 1):
+        wait_frames(page, run, 1)
+    page.errors = errors
+    yield page
+    page.close()
 
 
 def frames(page, run: int) -> int:
