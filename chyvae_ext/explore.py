@@ -138,12 +138,12 @@ class ExploredRun:
             "nu": self.nu,
             "step": self.step,
             "checkpoint": self.checkpoint.name,
-            "config": {k: v for k, v in json.loads((self.root / "config.json").read_text()).items()},
+            "config": json.loads((self.root / "config.json").read_text()),
             "dims": dims,
             "order": sorted(range(self.z_dim), key=lambda k: -kl[k]),
             "images": len(self.images),
-            "metrics": self.metrics,
-            "curves": self.curves,
+            "metrics": _finite(self.metrics),
+            "curves": _finite(self.curves),
         }
 
     # ---- what the endpoints compute ------------------------------------------------------------------------------
@@ -201,6 +201,17 @@ class ExploredRun:
         with torch.no_grad():
             mu = self.model.encode(self.images[i : i + 1].to(next(self.model.parameters()).dtype))
         return self.decode(mu.float())
+
+
+def _finite(value):
+    """``value`` with every non-finite float (a run's NaN loss) as None: JSON has no NaN."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def png(images: torch.Tensor) -> bytes:

@@ -155,6 +155,19 @@ def test_an_unreadable_run_fails_at_start_up_naming_it(tmp_path, run_dirs, capsy
     assert "error: --port must be 0..65535, got 70000" in capsys.readouterr().err
 
 
+def test_non_finite_metrics_are_sent_as_null(tmp_path, run_dirs):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dirs[1], run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"kind": "train", "step": 12, "loss": float("nan"), "recon": float("inf"), "kl": 1.0}) + "\n")
+        f.write(json.dumps({"kind": "eval", "step": 12, "neg_elbo": float("nan"), "recon": 3.0}) + "\n")
+    info = TestClient(create_app(load_runs([str(run)]))).get("/api/runs").json()[0]
+    assert info["metrics"] == {"kind": "eval", "step": 12, "neg_elbo": None, "recon": 3.0}
+    assert info["curves"]["loss"][-1] is None and info["curves"]["recon"][-1] is None and info["curves"]["kl"][-1] == 1.0
+
+
 class NotWeights:
     """An object a weights_only load refuses (it would run code to unpickle)."""
 

@@ -114,10 +114,13 @@ function drawCurves(canvas, curves) {
     const lo = Math.min(...ys), hi = Math.max(...ys);
     ctx.strokeStyle = colours[n % colours.length];
     ctx.beginPath();
+    let drawing = false;
     curves[key].forEach((v, i) => {
+      if (typeof v !== "number" || !isFinite(v)) { drawing = false; return; }  // a non-finite loss: a gap
       const x = pad + ((W - 2 * pad) * (steps[i] - steps[0])) / (steps[steps.length - 1] - steps[0]);
       const y = H - pad - ((H - 2 * pad) * (v - lo)) / (hi - lo || 1);
-      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+      if (drawing) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+      drawing = true;
     });
     ctx.stroke();
   });
