@@ -141,3 +141,17 @@ def test_two_runs_side_by_side_both_follow_a_linked_slider(page):
     after = [pixels(page, f"#decoded-{run}") for run in (0, 1)]
     assert all(np.abs(a - b).mean() > 0.5 for a, b in zip(after, before, strict=True))
     assert page.errors == []
+
+
+def test_animate_sweeps_the_dimension_under_the_pointer(page):
+    settle(page, 0)
+    dim = page.locator("#sliders-0 input[type=range]").first
+    dim.hover()
+    page.wait_for_function("document.querySelector('#traversal-0').complete"
+                           " && document.querySelector('#traversal-0').naturalWidth === 9 * 64")
+    start, value = frames(page, 0), dim.input_value()
+    page.locator("#animate").check()
+    wait_frames(page, 0, start + 3)  # new frames with no slider moved by hand
+    assert dim.input_value() != value
+    page.locator("#animate").uncheck()
+    assert page.errors == []
