@@ -83,18 +83,18 @@ class ExploredRun:
         except (ValueError, OSError, RuntimeError, KeyError, pickle.UnpicklingError) as exc:
             raise ValueError(f"RUN_DIR {self.root}: cannot be explored: {exc}") from exc
         self.device = torch.device(device)
+        self.dtype = next(self.model.parameters()).dtype  # what the model's layers take
         c = self.config.resolved()
         dataset = open_dataset(c, fixed=False)
         _, held_out = fixed_batches(dataset, self.device)
         self.images = held_out[:N_IMAGES].float()
         with torch.no_grad():
-            mu, second = self.model.posterior(held_out.to(next(self.model.parameters()).dtype))
+            mu, second = self.model.posterior(held_out.to(self.dtype))
         mu = mu.float()
         self.var_diag = self._posterior_variances(second).float()  # (n, d) per-image posterior variances
         self.mean, self.std = mu.mean(0), mu.std(0)
         self.low, self.high = self.mean - STD_RANGE * self.std, self.mean + STD_RANGE * self.std
         self.kl = (0.5 * (mu**2 + self.var_diag - self.var_diag.log() - 1)).mean(0)
-        self.variance = mu.var(0)
         self.z_dim = mu.shape[1]
         rows = read_metrics(self.root / "metrics.jsonl")
         self.metrics = next((r for r in reversed(rows) if r.get("kind") == "eval"), None)
@@ -125,7 +125,7 @@ class ExploredRun:
                 "low": float(self.low[k]),
                 "high": float(self.high[k]),
                 "kl": kl[k],
-                "variance": float(self.variance[k]),
+                "variance": float(self.std[k]) ** 2,  # of the posterior means across the held-out images
                 "active": kl[k] > ACTIVE_KL,
             }
             for k in range(self.z_dim)
@@ -177,9 +177,8 @@ class ExploredRun:
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(n, d) codes to (n, C, H, W) images in [0, 1]."""
-        dtype = next(self.model.parameters()).dtype
         with torch.no_grad():
-            return torch.sigmoid(self.model.decode(z.to(dtype)).float())
+            return torch.sigmoid(self.model.decode(z.to(self.dtype)).float())
 
     def traversal(self, z: torch.Tensor, dim: int, steps: int) -> torch.Tensor:
         t = torch.linspace(0.0, 1.0, steps, device=self.device)
@@ -188,7 +187,7 @@ class ExploredRun:
         return self.decode(zs)
 
     def encode(self, i: int) -> dict:
-        x = self.images[i : i + 1].to(next(self.model.parameters()).dtype)
+        x = self.images[i : i + 1].to(self.dtype)
         with torch.no_grad():
             mu, second = self.model.posterior(x)
         mu, second = mu[0].float(), second[0].float()
@@ -199,7 +198,7 @@ class ExploredRun:
 
     def reconstruction(self, i: int) -> torch.Tensor:
         with torch.no_grad():
-            mu = self.model.encode(self.images[i : i + 1].to(next(self.model.parameters()).dtype))
+            mu = self.model.encode(self.images[i : i + 1].to(self.dtype))
         return self.decode(mu.float())
 
 

@@ -687,10 +687,10 @@ class Trainer:
 
     def _resume(self) -> None:
         states = []
-        common, error = None, None
+        common, error, loaded = None, None, [None] * len(self.members)
         if self.dist.is_main:  # rank 0 decides (and sets damaged checkpoints aside); every rank loads that step
             try:
-                newest = [self._newest_loadable_step(m) for m in self.members]
+                newest, loaded = zip(*(self._newest_loadable(m) for m in self.members), strict=True)
                 if len(set(newest)) > 1:
                     at = ", ".join(f"{m.name} at {s}" for m, s in zip(self.members, newest, strict=True))
                     raise ValueError(
@@ -702,8 +702,9 @@ class Trainer:
         common, error = self.dist.broadcast((common, error))
         if error is not None:
             raise ValueError(error)
-        for m in self.members:
-            state = load_checkpoint(m.run.checkpoint(common), self.device)
+        for m, state in zip(self.members, loaded, strict=True):
+            if state is None:  # rank 0 loaded it while choosing the step; the other ranks load it here
+                state = load_checkpoint(m.run.checkpoint(common), self.device)
             if state is None:
                 raise ValueError(f"--resume {m.run.root}: its checkpoint of step {common} in {m.run.ckpt_dir} "
                                  "cannot be loaded (the warning says why)")
@@ -741,16 +742,17 @@ class Trainer:
         for m in self.members:
             m.run.truncate_metrics(self.step_count)
 
-    def _newest_loadable_step(self, m: Member) -> int:
-        """The step of the member's newest checkpoint that loads; damaged newer ones are skipped with a warning."""
+    def _newest_loadable(self, m: Member) -> tuple[int, dict]:
+        """(step, state) of the member's newest checkpoint that loads (rank 0 alone calls this); damaged newer
+        ones are skipped with a warning and set aside."""
         ckpts = m.run.checkpoints()
         if not ckpts:
             raise ValueError(f"--resume {m.run.root}: no checkpoint in {m.run.ckpt_dir}")
         for path in reversed(ckpts):
-            if load_checkpoint(path, torch.device("cpu")) is not None:
-                return checkpoint_step_of(path)
-            if self.dist.is_main:  # set aside: nothing else (scores, collect, a later resume) takes it for good
-                path.replace(path.with_suffix(".pt.damaged"))
+            state = load_checkpoint(path, self.device)
+            if state is not None:
+                return checkpoint_step_of(path), state
+            path.replace(path.with_suffix(".pt.damaged"))  # nothing else (scores, collect, a resume) takes it
         raise ValueError(f"--resume {m.run.root}: none of the {len(ckpts)} checkpoint(s) in {m.run.ckpt_dir} can be "
                          "loaded (each one's warning says why)")
 

@@ -125,12 +125,16 @@ class Job:
         with open(self.log, "a") as log:
             return subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
 
-    def run(self, env_extra: dict) -> int:
-        """Runs the training process to its end here (a Ray task's or SLURM job's body); returns its exit status.
+    def run(self, env_extra: dict, on_start=None) -> int:
+        """Runs the training process to its end here (a Ray task's or SLURM task's body): returns its exit
+        status, 0 (finished) or 130 (stopped by a signal); raises JobFailed for any other.
 
-        SIGTERM or an interruption (Ray's cancel raises KeyboardInterrupt) is passed to the training
-        process, which checkpoints and stops, before this returns or re-raises."""
+        ``on_start`` is given the process once started. SIGTERM or an interruption (Ray's cancel raises
+        KeyboardInterrupt) is passed to the training process, which checkpoints and stops, before this
+        returns or re-raises."""
         proc = self.start({**os.environ, **env_extra})
+        if on_start is not None:
+            on_start(proc)
 
         def forward(signum, frame):
             proc.send_signal(signal.SIGTERM)
@@ -140,7 +144,7 @@ class Job:
         except ValueError:  # not the main thread: the caller passes signals on itself
             old = None
         try:
-            return proc.wait()
+            rc = proc.wait()
         except BaseException:
             proc.send_signal(signal.SIGTERM)
             proc.wait()
@@ -148,6 +152,9 @@ class Job:
         finally:
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
+        if rc not in (0, 130):
+            raise JobFailed(f"{self.label}: the training process exited with status {rc}; see {self.log}")
+        return rc
 
     def outcomes(self, rc: int) -> dict[str, str]:
         """Each run's outcome after the process ended with ``rc``: a lone run's from ``rc``; an ensemble's
@@ -262,8 +269,6 @@ def _ray_task(job: Job, env_extra: dict) -> tuple[int, float]:
     """A Ray task's body: the job's training process; a failure raises JobFailed, which Ray retries."""
     t0 = time.perf_counter()
     rc = job.run(env_extra)
-    if rc not in (0, 130):
-        raise JobFailed(f"{job.label}: the training process exited with status {rc}; see {job.log}")
     return rc, time.perf_counter() - t0
 
 
@@ -331,13 +336,8 @@ class SlurmTask:
         self.proc: subprocess.Popen | None = None
 
     def __call__(self) -> int:
-        self.proc = self.job.start({**os.environ, **self.env_extra})
-        forward = lambda signum, frame: self.proc.send_signal(signal.SIGTERM)  # noqa: E731
-        signal.signal(signal.SIGTERM, forward)  # scancel: checkpoint and stop
-        rc = self.proc.wait()
-        if rc not in (0, 130):
-            raise JobFailed(f"{self.job.label}: the training process exited with status {rc}; see {self.job.log}")
-        return rc
+        # scancel's SIGTERM reaches the training through Job.run: it checkpoints and stops
+        return self.job.run(self.env_extra, on_start=lambda proc: setattr(self, "proc", proc))
 
     def checkpoint(self, *args, **kwargs):
         import submitit
