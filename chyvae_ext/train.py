@@ -1,4 +1,5 @@
-"""``python -m chyvae_ext.train``: train CHyVAE, beta-VAE or FactorVAE and write a run directory.
+"""``python -m chyvae_ext.train``: train a model (``--model``: chyvae, betavae, factorvae, vae, betatcvae,
+dipvae1, dipvae2, annealedvae) and write a run directory.
 
 With no options it trains CHyVAE on procedural CorrelatedEllipses for a few minutes on a laptop
 CPU. Everything a run produces lands in ``--out`` (default ``runs/<model>-<dataset>-seed<seed>``):
@@ -47,7 +48,7 @@ from .data.base import GroundTruthDataset
 from .data.fixed import fixed_sample
 from .distributed import Distributed, rank_seed
 from .metrics import PROTOCOLS, SharedEncodings, make_encoder, parse_metrics, score
-from .models import BetaVAE, CHyVAE, FactorVAE
+from .models import DIPVAE, AnnealedVAE, BetaTCVAE, BetaVAE, CHyVAE, FactorVAE
 from .models.ensemble import (
     load_member_optimizer_states,
     load_member_state_dict,
@@ -61,7 +62,10 @@ from .models.networks import INITS, initialise
 from .plots import save_curves, save_model_pictures
 from .runfiles import read_metrics
 
-MODELS = ("chyvae", "betavae", "factorvae")
+MODELS = ("chyvae", "betavae", "factorvae", "vae", "betatcvae", "dipvae1", "dipvae2", "annealedvae")
+BETA_MODELS = ("betavae", "betatcvae")  # the models --beta applies to ("vae" is beta = 1)
+GAMMA_DEFAULTS = {"factorvae": 10.0, "annealedvae": 1000.0}  # --gamma: FactorVAE's TC weight, AnnealedVAE's
+DIP_D_FACTOR = {"dipvae1": 10.0, "dipvae2": 1.0}  # disentanglement_lib's study (SPEC 6)
 SYNTHETIC = ("shapes2d", "dsprites", "correlated_ellipses")
 SHAPE_DATASETS = ("dsprites", "shapes2d")  # the sets with a discrete shape factor (include_shape)
 
@@ -78,8 +82,12 @@ class TrainConfig:
     nu: float = 200.0
     learn_nu: bool = False
     num_samples: int = 1
-    beta: float = 4.0
-    gamma: float = 10.0
+    beta: float | None = None  # betavae, betatcvae: default 4; vae: 1 (and only 1)
+    gamma: float | None = None  # factorvae: TC weight, default 10; annealedvae: |KL - C| weight, default 1000
+    lambda_od: float = 10.0  # dipvae1, dipvae2: the off-diagonal weight
+    lambda_d_factor: float | None = None  # dipvae1, dipvae2: lambda_d / lambda_od, default 10 (I) or 1 (II)
+    c_max: float = 25.0  # annealedvae: the final capacity, nats
+    c_iters: int = 100000  # annealedvae: steps over which the capacity rises to c_max
     steps: int = 2500
     batch_size: int = 50
     lr: float = 1e-4
@@ -103,6 +111,12 @@ class TrainConfig:
         synthetic = c.dataset in SYNTHETIC
         c.z_dim = c.z_dim if c.z_dim is not None else (10 if synthetic else 32)
         c.hidden = c.hidden if c.hidden is not None else (128 if synthetic else 256)
+        if c.beta is None:
+            c.beta = 1.0 if c.model == "vae" else 4.0
+        if c.gamma is None:
+            c.gamma = GAMMA_DEFAULTS.get(c.model, 10.0)
+        if c.lambda_d_factor is None:
+            c.lambda_d_factor = DIP_D_FACTOR.get(c.model, 10.0)
         if c.precision == "auto":
             c.precision = "bf16" if fast_bf16(c.device) else "fp32"
         c.out = c.out or os.path.join("runs", f"{c.model}-{c.dataset}-seed{c.seed}")
@@ -154,6 +168,7 @@ def check_config(c: TrainConfig) -> None:
         "z_dim",
         "hidden",
         "num_samples",
+        "c_iters",
     ):
         check_int(f"--{name.replace('_', '-')}", getattr(c, name), 1)
     if c.dataset_size is not None:
@@ -172,10 +187,15 @@ def check_config(c: TrainConfig) -> None:
         raise ValueError(
             f"--no-shape-factor applies to {' and '.join(SHAPE_DATASETS)} only, got --dataset {c.dataset}"
         )
-    for name in ("lr", "beta", "gamma", "nu"):
+    for name in ("lr", "beta", "gamma", "nu", "lambda_od", "lambda_d_factor", "c_max"):
         v = getattr(c, name)
-        if not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-            raise ValueError(f"--{name} must be a positive number, got {v!r}")
+        if v is None and name in ("beta", "gamma", "lambda_d_factor"):
+            continue  # the model's default (TrainConfig.resolved)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {v!r}")
+    if c.model == "vae" and c.beta not in (None, 1.0):
+        raise ValueError(f"--model vae is the plain VAE (beta = 1); --beta {c.beta} applies to "
+                         f"{' and '.join(BETA_MODELS)}")
     if c.model == "chyvae" and c.nu <= c.z_dim - 1:
         raise ValueError(f"--nu must be greater than z_dim - 1 = {c.z_dim - 1} for CHyVAE, got {c.nu}")
     if c.precision not in ("fp32", "bf16"):
@@ -204,10 +224,17 @@ def build_model(c: TrainConfig, channels: int) -> torch.nn.Module:
         model = CHyVAE(
             c.z_dim, channels, c.hidden, nu=c.nu, learn_nu=c.learn_nu, num_samples=c.num_samples, impl=c.impl
         )
-    elif c.model == "betavae":
+    elif c.model in ("betavae", "vae"):
         model = BetaVAE(c.z_dim, channels, c.hidden, beta=c.beta)
-    else:
+    elif c.model == "factorvae":
         model = FactorVAE(c.z_dim, channels, c.hidden, gamma=c.gamma)
+    elif c.model == "betatcvae":
+        model = BetaTCVAE(c.z_dim, channels, c.hidden, beta=c.beta, dataset_size=c.dataset_size)
+    elif c.model in DIP_D_FACTOR:
+        model = DIPVAE(c.z_dim, channels, c.hidden, kind="i" if c.model == "dipvae1" else "ii",
+                       lambda_od=c.lambda_od, lambda_d_factor=c.lambda_d_factor)
+    else:
+        model = AnnealedVAE(c.z_dim, channels, c.hidden, gamma=c.gamma, c_max=c.c_max, c_iters=c.c_iters)
     return initialise(model, c.init)
 
 
@@ -569,9 +596,10 @@ class Member:
 
 ENSEMBLE_SHARED = (
     "model", "dataset", "data_root", "dataset_size", "include_shape", "z_dim", "hidden", "learn_nu", "num_samples",
+    "c_iters",
     "steps", "batch_size", "lr", "device", "precision", "impl", "log_every", "eval_every", "metrics",
     "metric_protocol", "ckpt_every", "keep_checkpoints", "compile",
-)  # what an ensemble's members must share; each has its own seed, nu, beta, gamma and out
+)  # what an ensemble's members must share; each has its own seed, out and hyperparameters (nu, beta, gamma, ...)
 
 
 def ensemble_key(config: TrainConfig) -> tuple:
@@ -1068,8 +1096,17 @@ def parse_args(argv: list[str] | None) -> tuple[list[TrainConfig], bool, bool]:
     parser.add_argument("--nu", type=float, help=f"CHyVAE inverse-Wishart degrees of freedom (default {d.nu})")
     parser.add_argument("--learn-nu", dest="learn_nu", action="store_true", default=None)
     parser.add_argument("--num-samples", dest="num_samples", type=int, help="K samples for the regulariser")
-    parser.add_argument("--beta", type=float, help=f"beta-VAE weight (default {d.beta})")
-    parser.add_argument("--gamma", type=float, help=f"FactorVAE TC weight (default {d.gamma})")
+    parser.add_argument("--beta", type=float, help="beta-VAE's KL weight, beta-TCVAE's TC weight (default 4)")
+    parser.add_argument("--gamma", type=float,
+                        help="FactorVAE's TC weight (default 10); AnnealedVAE's |KL - C| weight (default 1000)")
+    parser.add_argument("--lambda-od", dest="lambda_od", type=float,
+                        help=f"DIP-VAE's off-diagonal weight (default {d.lambda_od})")
+    parser.add_argument("--lambda-d-factor", dest="lambda_d_factor", type=float,
+                        help="DIP-VAE's diagonal weight over the off-diagonal one "
+                        "(default 10 for dipvae1, 1 for dipvae2)")
+    parser.add_argument("--c-max", dest="c_max", type=float, help=f"AnnealedVAE's final capacity (default {d.c_max})")
+    parser.add_argument("--c-iters", dest="c_iters", type=int,
+                        help=f"AnnealedVAE's steps to reach --c-max (default {d.c_iters})")
     parser.add_argument("--steps", type=int, help=f"(default {d.steps})")
     parser.add_argument("--batch-size", dest="batch_size", type=int, help=f"(default {d.batch_size})")
     parser.add_argument("--lr", type=float, help=f"(default {d.lr})")

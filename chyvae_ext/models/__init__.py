@@ -1,4 +1,5 @@
-"""The three models of the paper's experiments and prior sampling."""
+"""The models: the paper's three (CHyVAE, beta-VAE, FactorVAE), disentanglement_lib's other baselines
+(beta-TCVAE, DIP-VAE, AnnealedVAE) and prior sampling."""
 
 from __future__ import annotations
 
@@ -6,15 +7,22 @@ import torch
 
 from .._checks import check_int
 from ..sampling import sample_gaussian, sample_inverse_wishart
+from .baselines import DIPVAE, AnnealedVAE, BetaTCVAE, dip_covariance, gaussian_log_density, minibatch_weighted_tc
 from .networks import Decoder, Encoder, reconstruction_error
 from .vae import BetaVAE, CHyVAE, FactorVAE, permute_dims
 
 __all__ = [
+    "AnnealedVAE",
+    "BetaTCVAE",
     "BetaVAE",
     "CHyVAE",
+    "DIPVAE",
     "Decoder",
     "Encoder",
     "FactorVAE",
+    "dip_covariance",
+    "gaussian_log_density",
+    "minibatch_weighted_tc",
     "permute_dims",
     "reconstruction_error",
     "sample_prior",

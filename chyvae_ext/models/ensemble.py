@@ -31,6 +31,7 @@ import copy
 import torch
 from torch import nn
 
+from .baselines import DIPVAE, AnnealedVAE, BetaTCVAE
 from .vae import BetaVAE, CHyVAE, FactorVAE
 
 __all__ = [
@@ -51,6 +52,12 @@ def _shape_of(model: nn.Module) -> dict:
         shape.update(num_samples=model.num_samples, learn_nu=model.learn_nu, impl=model.impl)
     if isinstance(model, FactorVAE):
         shape.update(disc=[tuple(p.shape) for p in model.discriminator.parameters()])
+    if isinstance(model, BetaTCVAE):
+        shape.update(dataset_size=model.dataset_size)
+    if isinstance(model, DIPVAE):
+        shape.update(kind=model.kind)
+    if isinstance(model, AnnealedVAE):
+        shape.update(c_iters=model.c_iters, iteration=int(model.iteration))
     return shape
 
 
@@ -63,7 +70,7 @@ def stack_models(models: list[nn.Module]) -> nn.Module:
     first = models[0]
     for i, m in enumerate(models):
         if not isinstance(m, (BetaVAE, CHyVAE)) or m.members is not None:
-            raise ValueError(f"stack_models: models[{i}] must be a lone BetaVAE, FactorVAE or CHyVAE, got {m!r:.80}")
+            raise ValueError(f"stack_models: models[{i}] must be a lone model of chyvae_ext.models, got {m!r:.80}")
         if _shape_of(m) != _shape_of(first):
             raise ValueError(
                 f"stack_models: models[{i}] differs in kind or shape from models[0]: "
@@ -85,6 +92,15 @@ def stack_models(models: list[nn.Module]) -> nn.Module:
     elif isinstance(first, FactorVAE):
         ens = FactorVAE(**common, gamma=[m.gamma for m in models], disc_hidden=first.discriminator[0].out_features,
                         disc_layers=(len(first.discriminator) - 1) // 2)
+    elif isinstance(first, BetaTCVAE):
+        ens = BetaTCVAE(**common, beta=[m.beta for m in models], dataset_size=first.dataset_size)
+    elif isinstance(first, DIPVAE):
+        ens = DIPVAE(**common, kind=first.kind, lambda_od=[m.lambda_od for m in models],
+                     lambda_d_factor=[m.lambda_d_factor for m in models])
+    elif isinstance(first, AnnealedVAE):
+        ens = AnnealedVAE(**common, gamma=[m.gamma for m in models], c_max=[m.c_max for m in models],
+                          c_iters=first.c_iters)
+        ens.iteration.copy_(first.iteration)
     else:
         ens = BetaVAE(**common, beta=[m.beta for m in models])
     lone_params = [dict(m.named_parameters()) for m in models]
@@ -145,7 +161,7 @@ def select_members(ens: nn.Module, keep: list[int]) -> None:
         for p in ens.parameters():
             p.data = p.data[index.to(p.device)]
             p.grad = None
-        for name in _per_member_buffers(ens):  # beta, gamma, fixed nu: (M, ...) at the top level
+        for name in _per_member_buffers(ens):  # beta, gamma, fixed nu, ...: (M,) at the top level
             b = ens._buffers[name]
             ens._buffers[name] = b[index.to(b.device)]
     for module in ens.modules():
@@ -153,8 +169,12 @@ def select_members(ens: nn.Module, keep: list[int]) -> None:
             module.members = len(keep)
 
 
+# the models' (M,) hyperparameters
+PER_MEMBER_BUFFERS = ("beta", "gamma", "_nu_fixed", "lambda_od", "lambda_d_factor", "c_max")
+
+
 def _per_member_buffers(ens: nn.Module) -> set[str]:
-    return {n for n in ("beta", "gamma", "_nu_fixed") if isinstance(ens._buffers.get(n), torch.Tensor)}
+    return {n for n in PER_MEMBER_BUFFERS if isinstance(ens._buffers.get(n), torch.Tensor)}
 
 
 def _params_by_index(opt: torch.optim.Optimizer) -> dict[int, torch.Tensor]:

@@ -140,21 +140,34 @@ class BetaVAE(_Base):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.posterior(x)[0]
 
-    def loss(
-        self, x: torch.Tensor, *, generator: torch.Generator | None = None, noise: Noise | None = None
+    def vae_terms(
+        self, x: torch.Tensor, *, generator: Generators = None, noise: Noise | None = None
     ) -> dict[str, torch.Tensor]:
+        """What every diagonal-Gaussian model's loss starts from, per datapoint: ``mu``, ``logvar``,
+        the sample ``z``, ``recon`` (BCE summed over pixels) and ``kl`` (to N(0, I)), each (..., N[, d])."""
         self.check_input(x)
         mu, logvar = self.posterior(x)
         (eps,) = self._take_noise(x.shape[-4], mu, generator, noise)
         z = mu + torch.exp(0.5 * logvar) * eps
         recon = reconstruction_error(self.decoder(z), x)
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+        return {"mu": mu, "logvar": logvar, "z": z, "recon": recon, "kl": kl}
+
+    def per_member(self, value: float | torch.Tensor) -> float | torch.Tensor:
+        """A hyperparameter shaped to multiply a per-datapoint (M, N) term (a lone model's: as it is)."""
+        return value if self.members is None else value[:, None]
+
+    def loss(
+        self, x: torch.Tensor, *, generator: Generators = None, noise: Noise | None = None
+    ) -> dict[str, torch.Tensor]:
+        t = self.vae_terms(x, generator=generator, noise=noise)
+        recon, kl = t["recon"], t["kl"]
         return {
-            "loss": (recon + (self.beta if self.members is None else self.beta[:, None]) * kl).mean(-1),
+            "loss": (recon + self.per_member(self.beta) * kl).mean(-1),
             "recon": recon.mean(-1),
             "kl": kl.mean(-1),
             "neg_elbo": (recon + kl).mean(-1),
-            "z": z,
+            "z": t["z"],
         }
 
 
