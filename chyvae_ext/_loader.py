@@ -136,7 +136,8 @@ def build_on_import(problem: str):
     torch.utils.cpp_extension) into :func:`build_dir_for_this_torch`, or loads the module built there
     before; returns (module, its build config). One process builds at a time (a file lock); the
     others wait and load its result. Refuses (ImportError with ``problem`` and how to rebuild) where
-    no C++ compiler or no sources are found."""
+    no C++ compiler or no sources are found. ``CHYVAE_EXT_BUILD_CFLAGS`` adds compiler flags after
+    the package's own (the tests build with ``-O0``: the same code, built faster)."""
     src = sources_dir()
     compiler = os.environ.get("CXX", "c++")
     build_dir = build_dir_for_this_torch()
@@ -180,7 +181,8 @@ def build_on_import(problem: str):
         module = cpp_extension.load(
             name="_C",
             sources=[str(p) for p in sources],
-            extra_cflags=CPU_KERNEL_FLAGS + defines + (["-fopenmp"] if sys.platform.startswith("linux") else []),
+            extra_cflags=CPU_KERNEL_FLAGS + defines + (["-fopenmp"] if sys.platform.startswith("linux") else [])
+            + os.environ.get("CHYVAE_EXT_BUILD_CFLAGS", "").split(),  # last, so they win (the tests' -O0)
             extra_cuda_cflags=["-O3", *defines],
             extra_ldflags=["-fopenmp"] if sys.platform.startswith("linux") else [],
             extra_include_paths=[str(src / "csrc")],

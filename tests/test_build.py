@@ -268,7 +268,8 @@ def test_a_module_built_for_another_torch_is_rebuilt_on_import_and_the_build_is_
 
     root = tmp_path / "site"
     package_built_for_another_torch(root)
-    env = dict(os.environ, CHYVAE_EXT_CACHE=str(tmp_path / "cache"))
+    # -O0: what is tested is that it builds, loads and computes, not how fast the kernels are
+    env = dict(os.environ, CHYVAE_EXT_CACHE=str(tmp_path / "cache"), CHYVAE_EXT_BUILD_CFLAGS="-O0")
 
     def import_copy():
         proc = subprocess.run([sys.executable, "-c", IMPORT_COPY, str(root)], capture_output=True, text=True,
@@ -314,7 +315,10 @@ def test_readme_set_up_names_only_torch_and_the_build_requirements():
                     named.add(re.split(r"[<>=!~]", target)[0].lower())
     assert named == {"torch"} | build
     assert "[test,ray,slurm,explore]" in commands[1]
-    assert commands[1] in (root / ".ci" / "run").read_text()
+    # .ci/run runs it verbatim in its two halves, waiting for Chromium between them
+    install, tests = commands[1].split(" && python -m pytest")
+    ci = (root / ".ci" / "run").read_text().splitlines()
+    assert install in ci and any(line.startswith("python -m pytest" + tests) for line in ci)
 
 
 def test_readme_example_runs():

@@ -84,16 +84,16 @@ def test_load_grid_missing_file(tmp_path):
 
 
 def test_sweep_skips_finished_and_resumes_unfinished(tmp_path):
-    grid = load_grid(write_grid(tmp_path / "g.yaml"))
+    grid = load_grid(write_grid(tmp_path / "g.yaml", seeds=[0]))
     assert sweep(grid, echo=lambda *_: None) == {n: "finished" for n in [r.name for r in grid.runs]}
     assert sweep(grid, echo=lambda *_: None) == {r.name: "skipped" for r in grid.runs}
     status = json.loads((grid.out / "sweep_status.json").read_text())
-    assert len(status["finished"]) == 4 and status["pending"] == status["running"] == status["failed"] == []
+    assert len(status["finished"]) == 2 and status["pending"] == status["running"] == status["failed"] == []
     # Asking for more steps turns every run into one to resume from its checkpoint.
-    longer = load_grid(write_grid(tmp_path / "g.yaml", common=dict(COMMON, steps=6)))
+    longer = load_grid(write_grid(tmp_path / "g.yaml", seeds=[0], common=dict(COMMON, steps=6)))
     lines = []
     assert set(sweep(longer, echo=lines.append).values()) == {"finished"}
-    assert "(4 resumed)" in lines[0] and any("(resumable)" in line for line in lines)
+    assert "(2 resumed)" in lines[0] and any("(resumable)" in line for line in lines)
     for r in longer.runs:
         assert json.loads((longer.out / r.name / "status.json").read_text())["step"] == 6
         steps = [json.loads(x)["step"] for x in (longer.out / r.name / "metrics.jsonl").read_text().splitlines()]
