@@ -12,3 +12,12 @@ def check_int(name: str, value: object, least: int = 0) -> int:
         what = {0: "a non-negative integer", 1: "a positive integer"}.get(least, f"an integer >= {least}")
         raise ValueError(f"{name} must be {what}, got {value!r}")
     return int(value)
+
+
+def check_positive(name: str, value: object) -> float:
+    """``value`` as a float when it is a finite real number > 0 (not bool); otherwise a ValueError that
+    names the argument and what it got."""
+    real = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    if not real or not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)

@@ -47,7 +47,7 @@ from .data import DataError, get_dataset
 from .data.base import GroundTruthDataset
 from .data.fixed import fixed_sample
 from .distributed import Distributed, rank_seed
-from .metrics import PROTOCOLS, SharedEncodings, make_encoder, parse_metrics, score
+from .metrics import METRICS, PROTOCOLS, SharedEncodings, make_encoder, parse_metrics, score
 from .models import DIPVAE, AnnealedVAE, BetaTCVAE, BetaVAE, CHyVAE, FactorVAE
 from .models.ensemble import (
     load_member_optimizer_states,
@@ -1124,7 +1124,7 @@ def parse_args(argv: list[str] | None) -> tuple[list[TrainConfig], bool, bool]:
     parser.add_argument("--keep-checkpoints", dest="keep_checkpoints", type=int)
     parser.add_argument(
         "--metrics",
-        help="disentanglement metrics at each evaluation: factor_vae, mig, sap, dci, all or none "
+        help=f"disentanglement metrics at each evaluation: {', '.join(METRICS)}, all or none "
         f"(default {d.metrics}; only on datasets with ground-truth factors)",
     )
     parser.add_argument("--metric-protocol", dest="metric_protocol", choices=tuple(PROTOCOLS))

@@ -339,7 +339,7 @@ def test_stack_models_refusals():
     with pytest.raises(ValueError, match=r"stack_models: models\[1\] differs in kind"):
         stack_models([BetaVAE(4, 1, 32), CHyVAE(4, 1, 32)])
     ens = stack_models([BetaVAE(4, 1, 32)] * 2)
-    with pytest.raises(ValueError, match=r"stack_models: models\[0\] must be a lone BetaVAE, FactorVAE or CHyVAE"):
+    with pytest.raises(ValueError, match=r"stack_models: models\[0\] must be a lone model of chyvae_ext.models, got"):
         stack_models([ens])
     with pytest.raises(ValueError, match=r"stack_models: models\[1\] has another prior_cov than models\[0\]"):
         stack_models([CHyVAE(4, 1, 32), CHyVAE(4, 1, 32, prior_cov=2.0)])

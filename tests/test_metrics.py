@@ -168,9 +168,9 @@ def test_mig_and_sap_on_known_representations():
     noise_gen = torch.Generator().manual_seed(0)
     noise = mig(lambda x: torch.randn(len(x), 6, generator=noise_gen), ds, num_train=4000)
     assert noise["mig"] < 0.05
-    s_good, s_noise = (
-        sap(factor_encoder(), ds, num_train=4000),
-        sap(lambda x: torch.randn(len(x), 6), ds, num_train=4000),
+    s_good, s_noise = (  # the squared-correlation form; the SVM form is tested in test_metrics_study.py
+        sap(factor_encoder(), ds, num_train=4000, continuous_factors=True),
+        sap(lambda x: torch.randn(len(x), 6), ds, num_train=4000, continuous_factors=True),
     )
     assert s_good["sap"] > 0.9 and s_noise["sap"] < 0.05
 
@@ -190,7 +190,7 @@ def test_mig_sap_constant_dimension_and_bad_arguments():
 
     enc = factor_encoder(constant_dims=1)
     assert np.isfinite(mig(enc, CodedFactors(), num_train=500)["mig"])
-    assert np.isfinite(sap(enc, CodedFactors(), num_train=500)["sap"])
+    assert np.isfinite(sap(enc, CodedFactors(), num_train=500, continuous_factors=True)["sap"])
     with pytest.raises(ValueError, match=r"num_bins must be an integer >= 2, got 1"):
         mig(enc, CodedFactors(), num_bins=1)
     with pytest.raises(ValueError, match=r"the number of samples must be an integer >= 2, got 1"):
@@ -325,7 +325,9 @@ def test_uint8_pixels_path_gives_the_float_path_score():
     assert a["eval_accuracy"] == b["eval_accuracy"] and np.array_equal(a["votes"], b["votes"])
     ds, float_only = get_dataset("correlated_ellipses"), FloatOnly()
     assert mig(encode, ds, num_train=500)["mig"] == mig(encode, float_only, num_train=500)["mig"]
-    assert sap(encode, ds, num_train=500)["sap"] == sap(encode, float_only, num_train=500)["sap"]
+    assert sap(encode, ds, num_train=500, continuous_factors=True)["sap"] == sap(
+        encode, float_only, num_train=500, continuous_factors=True
+    )["sap"]
     small = {"num_train": 200, "num_test": 100, "n_estimators": 5}
     assert dci(encode, ds, **small)["disentanglement"] == dci(encode, float_only, **small)["disentanglement"]
 

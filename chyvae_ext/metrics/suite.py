@@ -14,11 +14,14 @@ import numpy as np
 import torch
 
 from ..data.base import GroundTruthDataset
+from .beta_vae import beta_vae_score
 from .dci import dci
 from .factor_vae import factor_vae_score
 from .information import mig, sap
+from .modularity import modularity_explicitness
+from .unsupervised import unsupervised_scores
 
-METRICS = ("factor_vae", "mig", "sap", "dci")
+METRICS = ("factor_vae", "mig", "sap", "dci", "beta_vae", "modularity_explicitness", "unsupervised")
 
 
 def parse_metrics(spec: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -144,6 +147,7 @@ def score(
         t0 = time.perf_counter()
         if progress is not None:
             progress(f"{name}: computing ...")
+        before = set(summary)
         if name == "factor_vae":
             out = factor_vae_score(encode, dataset, protocol=protocol, seed=seed)
             summary["factor_vae"] = out["eval_accuracy"]
@@ -157,11 +161,23 @@ def score(
         elif name == "dci":
             out = dci(encode, dataset, seed=seed)
             summary.update({f"dci_{k}": out[k] for k in ("disentanglement", "completeness", "informativeness_test")})
+        elif name == "beta_vae":
+            out = beta_vae_score(encode, dataset, seed=seed)
+            summary["beta_vae"] = out["eval_accuracy"]
+            summary["beta_vae_train"] = out["train_accuracy"]
+        elif name == "modularity_explicitness":
+            out = modularity_explicitness(encode, dataset, seed=seed)
+            summary.update({k: out[k] for k in ("modularity", "explicitness_test", "explicitness_train")})
+        elif name == "unsupervised":
+            out = unsupervised_scores(encode, dataset, seed=seed)
+            summary["gaussian_tc"] = out["gaussian_total_correlation"]
+            summary["wasserstein_correlation"] = out["gaussian_wasserstein_correlation_norm"]
+            summary["mutual_info_score"] = out["mutual_info_score"]
         else:
             raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRICS)}")
         details[name] = {k: _jsonable(v) for k, v in out.items()} | {"seconds": time.perf_counter() - t0}
         if progress is not None:
-            got = "  ".join(f"{k} {v:.4f}" for k, v in summary.items() if k == name or k.startswith(f"{name}_"))
+            got = "  ".join(f"{k} {v:.4f}" for k, v in summary.items() if k not in before)
             progress(f"{name}: {got} ({details[name]['seconds']:.1f} s)")
     return summary, details
 
