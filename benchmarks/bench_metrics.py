@@ -10,6 +10,10 @@ Target of issue 4: at most 30 s on this 2-core CPU (at most 2 s on an H100/H200)
 With --run the run's last checkpoint is scored (so that the scores of the precisions can be
 compared on a trained model); otherwise a freshly initialised CHyVAE. Also times the same protocol
 with a free encoder (the data side alone: factor sampling and rendering).
+
+--others NAMES (comma-separated, from chyvae_ext.metrics.METRICS) also times those metrics at
+disentanglement_lib's study constants, by name as training and evaluate run them (the first
+precision only).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import time
 import torch
 
 from chyvae_ext.data import get_dataset
-from chyvae_ext.metrics import factor_vae_score, make_encoder
+from chyvae_ext.metrics import factor_vae_score, make_encoder, parse_metrics
+from chyvae_ext.metrics import score as score_by_name
 from chyvae_ext.models import CHyVAE
 
 
@@ -43,7 +48,9 @@ def main(argv=None) -> int:
     parser.add_argument("--precisions", default="bf16,fp32")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--others", default="", help="other metrics to time by name, e.g. sap,beta_vae")
     args = parser.parse_args(argv)
+    others = parse_metrics(args.others) if args.others else []
     if args.run:
         from chyvae_ext.evaluate import load_run
 
@@ -67,6 +74,14 @@ def main(argv=None) -> int:
                 "score": out["eval_accuracy"],
             }
         )
+    first_precision = args.precisions.split(",")[0]
+    for name in others:
+        encode = make_encoder(model, precision=first_precision)
+        times, (summary, _) = timed(
+            lambda encode=encode, name=name: score_by_name(encode, dataset, [name], seed=0), args.repeats
+        )
+        headline = next(iter(summary.values()))
+        rows.append({"what": name, "precision": first_precision, "seconds": times, "score": headline})
     threads = torch.get_num_threads()
     print(f"model: {source}; device {args.device}, {threads} threads, {platform.processor() or platform.machine()}")
     print(f"{'what':30s} {'precision':9s} {'median s':>9s} {'min s':>7s} {'score':>7s}")

@@ -127,13 +127,30 @@ def test_collect_cli_at_step_prints_the_table_there(runs, tmp_path, capsys):
     assert "--at-step must be a non-negative integer, got -1" in capsys.readouterr().err
 
 
-def test_a_run_without_checkpoints_is_not_scored(tmp_path):
+def test_a_run_without_checkpoints_is_not_scored_but_still_gives_the_floor(tmp_path):
     run = tmp_path / "runs" / "chyvae-seed0"
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps({"model": "chyvae", "nu": 10.0, "seed": 0}))
+    (run / "config.json").write_text(json.dumps({"model": "chyvae", "nu": 10.0, "seed": 0, "z_dim": 4, "hidden": 16}))
     assert scores_mod.score_run(run) == {}
     _, rows = collect_runs(tmp_path / "runs", tmp_path / "out")
-    assert len(rows) == 1 and "scored_step" not in rows[0]
+    assert [r["state"] for r in rows] == ["unknown", "untrained"] and "scored_step" not in rows[0]
+
+
+def test_checkpoints_gone_cached_scores_and_floor_still_shown(runs, tmp_path):
+    """A fresh clone has the run files and their score caches but no checkpoints (not in git)."""
+    import shutil
+
+    _, scored = collect_runs(runs, tmp_path / "first", at_step=6)
+    clone = tmp_path / "clone"
+    shutil.copytree(runs, clone, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copy(tmp_path / "first" / "untrained_scores.json", tmp_path / "untrained_scores.json")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(scores_mod, "score_encoder", lambda *a, **k: pytest.fail("nothing can be scored here"))
+        _, rows = collect_runs(clone, tmp_path, at_step=6)
+    assert sum(r["state"] == "untrained" for r in rows) == 2  # the floor, from the configs and its cache
+    assert scores_mod.score_run(clone / "chyvae-seed0", step=6)["factor_vae_kim_mnih"] == (
+        scores_mod.score_run(runs / "chyvae-seed0", step=6)["factor_vae_kim_mnih"])
+    assert scores_mod.score_run(clone / "chyvae-seed0", step=4) == {}  # never scored there
 
 
 def test_figures_with_the_floor_and_the_best_runs_traversals(runs, tmp_path, capsys):

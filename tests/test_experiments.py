@@ -7,6 +7,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -153,7 +154,8 @@ def fake_run(root, name, model, value, seed, evals, speeds):
     """A run directory as training writes it, with chosen numbers."""
     d = root / name
     d.mkdir(parents=True)
-    hyper = {"chyvae": "nu", "betavae": "beta", "factorvae": "gamma"}[model]
+    hyper = {"chyvae": "nu", "betavae": "beta", "factorvae": "gamma", "vae": "beta", "betatcvae": "beta",
+             "dipvae1": "lambda_od", "dipvae2": "lambda_od", "annealedvae": "c_max"}[model]
     (d / "config.json").write_text(json.dumps({"model": model, hyper: value, "seed": seed}))
     (d / "status.json").write_text(json.dumps({"state": "finished", "step": evals[-1][0]}))
     rows = [{"kind": "train", "step": 10 * (i + 1), "steps_per_s": s} for i, s in enumerate(speeds)]
@@ -192,6 +194,28 @@ def test_collect_summarise_and_plot(tmp_path, capsys):
     assert (tmp_path / "fig" / "by_step.png").exists()
 
 
+def test_collect_groups_every_baseline_by_its_hyperparameter_and_plots_it(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from chyvae_ext.experiments.plot import plot_time
+
+    root = tmp_path / "runs"
+    families = {"vae": ("beta", 1.0), "betatcvae": ("beta", 6.0), "dipvae1": ("lambda_od", 10.0),
+                "dipvae2": ("lambda_od", 5.0), "annealedvae": ("c_max", 25.0), "chyvae": ("nu", 12.0)}
+    for i, (model, (_, value)) in enumerate(families.items()):
+        fake_run(root, f"{model}-seed0", model, value, 0, [(5, 0.1 * i, 100.0 + i)], [10.0 + i])
+    _, rows = collect_runs(root)
+    assert {r["model"]: (r["hyper"], r["value"]) for r in rows} == families
+    assert {s["model"] for s in summarise(rows)} == set(families)
+    bars = []
+    real_bar = matplotlib.axes.Axes.bar
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", lambda ax, x, *a, **k: bars.append(list(x)) or real_bar(ax, x, *a, **k))
+    plot_time(rows, tmp_path / "time.png")
+    assert bars == [["VAE", "beta-TCVAE", "DIP-VAE-I", "DIP-VAE-II", "AnnealedVAE", "CHyVAE"]]  # one bar per model
+    figures = plot_all(root / "results.csv")
+    assert [p.name for p in figures] == ["tradeoff.png", "time.png", "by_step.png"]
+
+
 def test_collect_and_plot_bad_input(tmp_path, capsys):
     assert main(["collect", str(tmp_path / "nope")]) == 2
     assert "no such directory" in capsys.readouterr().err
@@ -220,8 +244,6 @@ def test_read_metrics(tmp_path):
 
 
 def test_paper_grids_hold_the_issues_settings():
-    from pathlib import Path
-
     grids = Path(__file__).resolve().parent.parent / "experiments" / "grids"
     ellipses = load_grid(grids / "ellipses_paper.yaml")
     assert len(ellipses.runs) == 180 and ellipses.ensemble
@@ -237,6 +259,22 @@ def test_paper_grids_hold_the_issues_settings():
     shapes = load_grid(grids / "shapes_paper.yaml")
     assert len(shapes.runs) == 360 and {r.options["dataset"] for r in shapes.runs} == {"shapes2d"}
     assert sum(r.options["include_shape"] for r in shapes.runs) == 180
+
+
+def test_baselines_grid_compares_every_model_with_the_studys_settings():
+    grid = load_grid(Path(__file__).resolve().parent.parent / "experiments" / "grids" / "ellipses_baselines.yaml")
+    assert len(grid.runs) == 7 * 6 * 5
+    swept = {}
+    for r in grid.runs:
+        hyper = {"chyvae": "nu", "betavae": "beta", "factorvae": "gamma", "betatcvae": "beta",
+                 "dipvae1": "lambda_od", "dipvae2": "lambda_od", "annealedvae": "c_max"}[r.options["model"]]
+        swept.setdefault(r.options["model"], set()).add(float(r.options[hyper]))
+        assert (r.options["dataset"], r.options["steps"], r.options["dataset_size"]) == (
+            "correlated_ellipses", 150000, 200000)
+    assert swept["betatcvae"] == {1, 2, 4, 6, 8, 10} and swept["dipvae1"] == swept["dipvae2"] == {1, 2, 5, 10, 20, 50}
+    assert swept["annealedvae"] == {5, 10, 25, 50, 75, 100} and len(swept) == 7
+    annealed = [r for r in grid.runs if r.options["model"] == "annealedvae"]
+    assert all((r.options["gamma"], r.options["c_iters"]) == (1000, 100000) for r in annealed)
 
 
 def test_set_gives_every_run_the_option_over_the_grid(tmp_path):

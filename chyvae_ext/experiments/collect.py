@@ -16,9 +16,12 @@ import statistics
 from pathlib import Path
 
 from ..runfiles import read_metrics
-from ..train import Run, TrainConfig
+from ..train import TrainConfig
 
-HYPER = {"chyvae": "nu", "betavae": "beta", "factorvae": "gamma"}
+HYPER = {  # the hyperparameter each model's rows are grouped by (the plain VAE's beta is always 1)
+    "chyvae": "nu", "betavae": "beta", "factorvae": "gamma", "vae": "beta", "betatcvae": "beta",
+    "dipvae1": "lambda_od", "dipvae2": "lambda_od", "annealedvae": "c_max",
+}
 TABLE_COLUMNS = ("factor_vae", "factor_vae_kim_mnih", "mig", "recon", "neg_elbo")
 STATES_ANY = ("finished", "untrained", "running", "interrupted", "failed", "unknown")
 _FIRST = ["run", "model", "hyper", "value", "seed", "step", "state"]
@@ -86,14 +89,15 @@ def collect_runs(
     for run_dir in sorted(p.parent for p in root.rglob("config.json")):
         got = _run_rows(run_dir)
         if got is not None:
-            if Run(run_dir).checkpoint() is not None:
-                if at_step is None:
-                    got[0].update(score_run(run_dir, compute=score, progress=progress))
-                else:
-                    for row in got[1]:
-                        if row["step"] == at_step:
-                            row.update(score_run(run_dir, step=at_step, compute=score, progress=progress))
-                configs.append(TrainConfig(**json.loads((run_dir / "config.json").read_text())))
+            # A run whose checkpoints are gone (a fresh clone: they are not in git) still shows the
+            # scores cached at that step, and its configuration still gives the untrained floor.
+            if at_step is None:
+                got[0].update(score_run(run_dir, compute=score, progress=progress))
+            else:
+                for row in got[1]:
+                    if row["step"] == at_step:
+                        row.update(score_run(run_dir, step=at_step, compute=score, progress=progress))
+            configs.append(TrainConfig(**json.loads((run_dir / "config.json").read_text())))
             finals.append(got[0])
             steps += got[1]
     if not finals:

@@ -75,17 +75,17 @@ def score_run(
     progress: Callable[[str], None] | None = None,
 ) -> dict:
     """{scored_step, factor_vae_chyvae, factor_vae_kim_mnih, mig_scored} at the run's checkpoint of ``step``
-    (default: its last; training keeps those of its evaluation steps); {} without that checkpoint or
-    without ground-truth factors. Cached in ``run_dir/scores.json``; ``compute=False`` returns only what
-    is cached there ({} otherwise)."""
+    (default: its last; training keeps those of its evaluation steps); {} without ground-truth factors,
+    and without that checkpoint unless ``step`` is given and was scored before. Cached in
+    ``run_dir/scores.json``; ``compute=False`` returns only what is cached there ({} otherwise)."""
     from ..evaluate import load_run
 
     ckpt = Run(run_dir).checkpoint(step)
-    if ckpt is None:
-        return {}
-    step = checkpoint_step_of(ckpt)
     cache_path = run_dir / "scores.json"
     cache = _read_json(cache_path)
+    if ckpt is None:  # nothing to score; what was scored at that step before is still shown
+        return {"scored_step": step} | cache[str(step)] if step is not None and str(step) in cache else {}
+    step = checkpoint_step_of(ckpt)
     if str(step) in cache:
         return {"scored_step": step} | cache[str(step)]
     if not compute:
