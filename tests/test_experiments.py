@@ -170,7 +170,7 @@ def test_collect_summarise_and_plot(tmp_path, capsys):
     fake_run(root, "betavae-beta4-seed0", "betavae", 4.0, 0, [(5, 0.3, 400.0), (10, 0.5, 260.0)], [40.0])
     fake_run(root, "betavae-beta4-seed1", "betavae", 4.0, 1, [(5, 0.9, 100.0)], [40.0])
     (root / "betavae-beta4-seed1" / "status.json").write_text(json.dumps({"state": "running", "step": 7}))
-    path, rows = collect_runs(root)
+    path, rows = collect_runs(root, score=False)  # fake runs: collecting, not scoring
     assert path == root / "results.csv" and len(rows) == 4
     assert {r["run"]: r["state"] for r in rows}["betavae-beta4-seed1"] == "running"
     with open(path) as f:
@@ -188,7 +188,7 @@ def test_collect_summarise_and_plot(tmp_path, capsys):
     figures = plot_all(path)
     assert [p.name for p in figures] == ["tradeoff.png", "time.png", "by_step.png"]
     assert all(p.stat().st_size > 5000 for p in figures)
-    assert main(["collect", str(root), "--out", str(tmp_path / "csv")]) == 0
+    assert main(["collect", str(root), "--out", str(tmp_path / "csv"), "--no-score"]) == 0
     assert "4 runs ->" in capsys.readouterr().out
     assert main(["plot", str(tmp_path / "csv" / "results.csv"), "--out", str(tmp_path / "fig")]) == 0
     assert (tmp_path / "fig" / "by_step.png").exists()
@@ -204,7 +204,7 @@ def test_collect_groups_every_baseline_by_its_hyperparameter_and_plots_it(tmp_pa
                 "dipvae2": ("lambda_od", 5.0), "annealedvae": ("c_max", 25.0), "chyvae": ("nu", 12.0)}
     for i, (model, (_, value)) in enumerate(families.items()):
         fake_run(root, f"{model}-seed0", model, value, 0, [(5, 0.1 * i, 100.0 + i)], [10.0 + i])
-    _, rows = collect_runs(root)
+    _, rows = collect_runs(root, score=False)
     assert {r["model"]: (r["hyper"], r["value"]) for r in rows} == families
     assert {s["model"] for s in summarise(rows)} == set(families)
     bars = []

@@ -402,3 +402,21 @@ def test_score_runs_the_new_metrics_by_name(monkeypatch):
     assert set(details) == {"beta_vae", "modularity_explicitness", "unsupervised"}
     assert isinstance(details["unsupervised"]["covariance"], list)
     assert any(line.startswith("modularity_explicitness: modularity 1.0000") for line in lines), lines
+
+
+def test_training_and_evaluate_score_the_new_metrics_by_name(tmp_path):
+    import json
+
+    from chyvae_ext.evaluate import main as evaluate_main
+    from chyvae_ext.train import main as train_main
+
+    out = tmp_path / "run"
+    args = ["--model", "betatcvae", "--dataset", "shapes2d", "--steps", "2", "--batch-size", "8", "--z-dim", "4",
+            "--hidden", "16", "--precision", "fp32", "--log-every", "1", "--eval-every", "2", "--ckpt-every", "2",
+            "--metrics", "unsupervised", "--out", str(out)]
+    assert train_main(args) == 0
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
+    assert {"gaussian_tc", "wasserstein_correlation", "mutual_info_score"} <= set(evals[-1])
+    assert evaluate_main([str(out), "--metrics", "unsupervised", "--no-pictures"]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["metrics"]["gaussian_tc"] == pytest.approx(evals[-1]["gaussian_tc"], rel=1e-6)

@@ -97,7 +97,7 @@ def collect_runs(
                 for row in got[1]:
                     if row["step"] == at_step:
                         row.update(score_run(run_dir, step=at_step, compute=score, progress=progress))
-            configs.append(TrainConfig(**json.loads((run_dir / "config.json").read_text())))
+            configs.append(TrainConfig(**json.loads((run_dir / "config.json").read_text())).resolved())
             finals.append(got[0])
             steps += got[1]
     if not finals:
