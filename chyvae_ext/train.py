@@ -30,6 +30,7 @@ DistributedDataParallel (``--batch-size`` the global batch; see chyvae_ext.distr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -608,6 +609,23 @@ def ensemble_key(config: TrainConfig) -> tuple:
     return tuple(getattr(c, k) for k in ENSEMBLE_SHARED)
 
 
+@contextlib.contextmanager
+def flush_denormals(device: torch.device):
+    """On a CPU, float arithmetic flushes denormal numbers (below 1.2e-38 in float32) to zero while the
+    block runs (``torch.set_flush_denormal``), and stops at its end (the process's default).
+
+    A decoder that has learnt the background gives logits of -100 and below there; their sigmoid, and
+    so the BCE's gradient, is denormal, and x86 cores take a slow path for every operation on a
+    denormal: training steps ran at half speed after about 2,000 steps (``benchmarks/bench_denormals.py``).
+    The values flushed are below 1.2e-38, far below anything the loss or its gradients resolve."""
+    flush = device.type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
+
+
 class Trainer:
     """The training loop, shared by a lone run and an ensemble. Phases: set-up (``__init__``), then
     per step ``step``, and at their intervals ``log``, ``checkpoint``, ``evaluate`` and ``pictures``;
@@ -976,7 +994,7 @@ class Trainer:
         self.model.train()
         self.t_last, self.steps_since = time.perf_counter(), 0
         self.started_at = self.step_count
-        with StopRequested() as stop:
+        with StopRequested() as stop, flush_denormals(self.device):
             while self.step_count < c.steps and not self._stopping(stop) and self.members:
                 self.step()
                 step = self.step_count

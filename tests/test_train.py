@@ -255,3 +255,32 @@ def test_init_option_from_a_config_file(tmp_path, capsys):
     status = train(TrainConfig(model="betavae", init="glorot", out=str(tmp_path / "ok"), **dict(FAST, steps=4)))
     assert status["state"] == "finished"
     assert json.loads((tmp_path / "ok" / "config.json").read_text())["init"] == "glorot"
+
+
+def test_flush_denormals_flushes_on_the_cpu_inside_and_not_after():
+    from chyvae_ext.train import flush_denormals
+
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a float32 denormal (below 1.2e-38), made outside
+    assert float(tiny * 1.0) > 0
+    with flush_denormals(torch.device("cpu")):
+        assert float(tiny * 1.0) == 0.0  # read as zero inside
+    assert float(tiny * 1.0) > 0  # the process's default again
+    with flush_denormals(torch.device("meta")):  # another device: the CPU's arithmetic is left alone
+        assert float(tiny * 1.0) > 0
+
+
+def test_training_runs_under_flush_denormals(tmp_path, monkeypatch):
+    import contextlib
+
+    import chyvae_ext.train as train_mod
+
+    devices = []
+
+    @contextlib.contextmanager
+    def spy(device):
+        devices.append(device)
+        yield
+
+    monkeypatch.setattr(train_mod, "flush_denormals", spy)
+    train(TrainConfig(model="betavae", out=str(tmp_path / "run"), **dict(FAST, steps=2)))
+    assert devices == [torch.device("cpu")]
