@@ -14,7 +14,7 @@ import yaml
 
 from chyvae_ext.experiments import collect_runs, expand_grid, load_grid, plot_all, summarise, sweep
 from chyvae_ext.experiments.__main__ import main
-from chyvae_ext.experiments.collect import markdown_table
+from chyvae_ext.experiments.collect import HYPER, markdown_table
 
 COMMON = {
     "steps": 4,
@@ -154,8 +154,7 @@ def fake_run(root, name, model, value, seed, evals, speeds):
     """A run directory as training writes it, with chosen numbers."""
     d = root / name
     d.mkdir(parents=True)
-    hyper = {"chyvae": "nu", "betavae": "beta", "factorvae": "gamma", "vae": "beta", "betatcvae": "beta",
-             "dipvae1": "lambda_od", "dipvae2": "lambda_od", "annealedvae": "c_max"}[model]
+    hyper = HYPER[model]
     (d / "config.json").write_text(json.dumps({"model": model, hyper: value, "seed": seed}))
     (d / "status.json").write_text(json.dumps({"state": "finished", "step": evals[-1][0]}))
     rows = [{"kind": "train", "step": 10 * (i + 1), "steps_per_s": s} for i, s in enumerate(speeds)]
@@ -266,8 +265,7 @@ def test_baselines_grid_compares_every_model_with_the_studys_settings():
     assert len(grid.runs) == 7 * 6 * 5
     swept = {}
     for r in grid.runs:
-        hyper = {"chyvae": "nu", "betavae": "beta", "factorvae": "gamma", "betatcvae": "beta",
-                 "dipvae1": "lambda_od", "dipvae2": "lambda_od", "annealedvae": "c_max"}[r.options["model"]]
+        hyper = HYPER[r.options["model"]]
         swept.setdefault(r.options["model"], set()).add(float(r.options[hyper]))
         assert (r.options["dataset"], r.options["steps"], r.options["dataset_size"]) == (
             "correlated_ellipses", 150000, 200000)

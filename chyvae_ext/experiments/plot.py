@@ -21,8 +21,10 @@ from pathlib import Path
 
 from .collect import STATES_ANY, mean_std, read_csv, rows_at_step, summarise
 
-MODEL_NAMES = {"chyvae": "CHyVAE", "betavae": "beta-VAE", "factorvae": "FactorVAE", "vae": "VAE",
-               "betatcvae": "beta-TCVAE", "dipvae1": "DIP-VAE-I", "dipvae2": "DIP-VAE-II", "annealedvae": "AnnealedVAE"}
+MODEL_NAMES = {  # in the order the figures list the models
+    "vae": "VAE", "betavae": "beta-VAE", "betatcvae": "beta-TCVAE", "factorvae": "FactorVAE", "dipvae1": "DIP-VAE-I",
+    "dipvae2": "DIP-VAE-II", "annealedvae": "AnnealedVAE", "chyvae": "CHyVAE",
+}
 COLOURS = {"chyvae": "tab:red", "betavae": "tab:blue", "factorvae": "tab:green", "vae": "tab:gray",
            "betatcvae": "tab:purple", "dipvae1": "tab:orange", "dipvae2": "tab:brown", "annealedvae": "tab:olive"}
 MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
@@ -136,8 +138,7 @@ def plot_time(rows: list[dict], out: Path) -> None:
     for r in rows:
         if "sec_per_1000_steps" in r:
             per_model.setdefault(r["model"], []).append(float(r["sec_per_1000_steps"]))
-    order = ["vae", "betavae", "betatcvae", "factorvae", "dipvae1", "dipvae2", "annealedvae", "chyvae"]
-    models = [m for m in order if m in per_model] + sorted(m for m in per_model if m not in order)
+    models = [m for m in MODEL_NAMES if m in per_model] + sorted(m for m in per_model if m not in MODEL_NAMES)
     fig, ax = plt.subplots(figsize=(5, 3.6))
     medians = [statistics.median(per_model[m]) for m in models]
     ax.bar([MODEL_NAMES.get(m, m) for m in models], medians, color=[COLOURS.get(m, "grey") for m in models])
