@@ -178,8 +178,9 @@ def main(argv=None) -> int:
     parser.add_argument("--target-ms", type=float, default=20.0, help="time per repeat for each implementation")
     parser.add_argument("--quick", action="store_true", help="B in {64, 1024}, float32, 7 repeats")
     parser.add_argument("--json", metavar="PATH", help="write the rows and the machine description here")
-    parser.add_argument("--cuda-variants", nargs="+", choices=["auto", "thread", "warp"], default=["auto"],
-                        help="CUDA layouts of the K = 1 isotropic kernels to time: a thread or a warp per datapoint")
+    parser.add_argument("--cuda-variants", nargs="+", choices=["auto", "thread", "warp", "unrolled"], default=["auto"],
+                        help="CUDA layouts of the K = 1 isotropic kernels to time: a thread or a warp per datapoint, "
+                             "or a warp with the rows unrolled")
     args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.dtypes, args.repeats = [64, 1024], ["float32"], 7

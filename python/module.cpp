@@ -133,16 +133,18 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "set_cuda_kernel_variant",
       [](const std::string& name) {
-        const int v = name == "auto" ? 0 : name == "thread" ? 1 : name == "warp" ? 2 : -1;
-        TORCH_CHECK_VALUE(v >= 0, "chyvae_ext: variant must be 'auto', 'thread' or 'warp', got '", name, "'");
+        const int v = name == "auto" ? 0 : name == "thread" ? 1 : name == "warp" ? 2 : name == "unrolled" ? 3 : -1;
+        TORCH_CHECK_VALUE(v >= 0, "chyvae_ext: variant must be 'auto', 'thread', 'warp' or 'unrolled', got '", name,
+                          "'");
 #ifdef CHYVAE_EXT_WITH_CUDA
         chyvae_ext::set_cuda_kernel_variant(v);
 #else
         TORCH_CHECK_VALUE(v == 0, "chyvae_ext: built without CUDA kernels: only 'auto' can be set");
 #endif
       },
-      "which CUDA kernels run the K = 1 isotropic path: 'auto', 'thread' (one per datapoint) or 'warp' "
-      "(a warp per datapoint, d <= 32); for measurements",
+      "which CUDA kernels run the K = 1 isotropic path: 'auto', 'thread' (one per datapoint), 'warp' "
+      "(a warp per datapoint, d <= 32) or 'unrolled' (the warp layout with every row in registers and the "
+      "backward's row sums by one reduce-scatter); for measurements",
       py::arg("variant"));
   m.def("build_info", []() {
     py::dict info;

@@ -250,7 +250,7 @@ def test_model_prior_is_validated_once_and_follows_load_state_dict():
 
 
 def test_kernel_variant_setter_names_bad_values():
-    with pytest.raises(ValueError, match=r"variant must be 'auto', 'thread' or 'warp', got 'fast'"):
+    with pytest.raises(ValueError, match=r"variant must be 'auto', 'thread', 'warp' or 'unrolled', got 'fast'"):
         chyvae_ext._C.set_cuda_kernel_variant("fast")
     chyvae_ext._C.set_cuda_kernel_variant("auto")
     if not chyvae_ext.build_info()["cuda"]:

@@ -135,9 +135,9 @@ def test_cuda_large_batch_uses_a_grid_smaller_than_the_batch(d):
     assert rel(got, expected) <= 1e-5
 
 
-@pytest.mark.parametrize("variant", ["thread", "warp"])
+@pytest.mark.parametrize("variant", ["thread", "warp", "unrolled"])
 @pytest.mark.parametrize("d", [5, 10, 32])
-def test_cuda_both_layouts_of_the_fast_path_match_the_cpu_op(variant, d):
+def test_cuda_every_layout_of_the_fast_path_matches_the_cpu_op(variant, d):
     mu, L, z = make_inputs(333, d, 1, seed=7)
     args = [t.cuda().requires_grad_() for t in (mu, L, z[:, 0])]
     cpu_args = [t.clone().requires_grad_() for t in (mu, L, z[:, 0])]
@@ -154,7 +154,7 @@ def test_cuda_both_layouts_of_the_fast_path_match_the_cpu_op(variant, d):
         assert float((a.double().cpu() - b.double()).norm() / b.double().norm()) <= 1e-10
 
 
-@pytest.mark.parametrize("variant", ["thread", "warp"])
+@pytest.mark.parametrize("variant", ["thread", "warp", "unrolled"])
 @pytest.mark.parametrize(("d", "k"), [(10, 1), (32, 1), (6, 3)])
 def test_cuda_per_datapoint_nu_matches_the_cpu_op(variant, d, k):
     mu, L, z = make_inputs(257, d, k, seed=3)

@@ -67,23 +67,29 @@ PATHS = [
 ]
 
 
-@pytest.fixture(params=["thread", "warp"])
+VARIANTS = {"thread": 1, "warp": 2, "unrolled": 3}
+
+
+@pytest.fixture(params=list(VARIANTS))
 def variant(request, emu):
-    # The K = 1 isotropic path has two layouts (a thread or a warp per datapoint); the others one.
-    emu.set_variant({"thread": 1, "warp": 2}[request.param])
+    # The K = 1 isotropic path has three layouts (a thread per datapoint; a warp per datapoint, row
+    # after row or with the rows unrolled in registers); the others one.
+    emu.set_variant(VARIANTS[request.param])
     yield request.param
     emu.set_variant(0)
 
 
-# Every path with the thread-per-datapoint layout; the K = 1 isotropic ones with the warp layout too.
-LAYOUTS = [(*path, "thread") for path in PATHS] + [(*p, "warp") for p in PATHS if p[1] == 1 and p[2] != "full"]
+# Every path with the thread-per-datapoint layout; the K = 1 isotropic ones with the warp layouts too.
+LAYOUTS = [(*path, "thread") for path in PATHS] + [
+    (*p, layout) for layout in ("warp", "unrolled") for p in PATHS if p[1] == 1 and p[2] != "full"
+]
 
 
 @pytest.mark.parametrize(("d", "k", "prior", "layout"), LAYOUTS)
 @pytest.mark.parametrize("constants", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_emulated_kernels_match_cpu_op(emu, d, k, prior, layout, constants, dtype):
-    emu.set_variant({"thread": 1, "warp": 2}[layout])
+    emu.set_variant(VARIANTS[layout])
     try:
         check_paths(emu, d, k, prior, constants, dtype, n=131 if layout == "thread" else 37)
     finally:
@@ -92,13 +98,14 @@ def test_emulated_kernels_match_cpu_op(emu, d, k, prior, layout, constants, dtyp
 
 @pytest.mark.parametrize(("d", "k", "prior", "layout"), [
     (10, 1, "identity", "warp"), (10, 1, "identity", "thread"), (32, 1, "identity", "warp"), (7, 1, "scalar", "warp"),
-    (10, 3, "identity", "thread"), (4, 3, "full", "thread"),
+    (10, 3, "identity", "thread"), (4, 3, "full", "thread"), (10, 1, "identity", "unrolled"),
+    (32, 1, "identity", "unrolled"), (7, 1, "scalar", "unrolled"),
 ])
 @pytest.mark.parametrize("nu_dtype", [torch.float64, torch.float32])
 def test_emulated_kernels_per_datapoint_nu_match_cpu_op(emu, d, k, prior, layout, nu_dtype):
     # nu (N,), runs of equal values as an ensemble lays them out: each thread or warp computes its
     # datapoint's scalars (recomputing when nu changes), against the CPU op's per-run scalars.
-    emu.set_variant({"thread": 1, "warp": 2}[layout])
+    emu.set_variant(VARIANTS[layout])
     try:
         check_paths(emu, d, k, prior, True, torch.float64, n=61, nu_rows=nu_dtype)
     finally:
@@ -189,5 +196,21 @@ def test_emulated_warp_kernel_shuffles_per_row(emu):
         before = emu.warp_barriers()
         emu.backward(torch.ones(4, dtype=torch.float64), mu, L, z, nu, None, 1.0, 0.0, True, saved, 1, True)
         assert emu.warp_barriers() - before == 4 * 32 * (1 + 5) * 2
+    finally:
+        emu.set_variant(0)
+
+
+@pytest.mark.parametrize("d", [32, 7])
+def test_emulated_unrolled_kernel_shuffles_d_broadcasts_and_one_reduce_scatter(emu, d):
+    # The unrolled warp kernel's backward: one broadcast a row (d) and one reduce-scatter of 31
+    # shuffles for all the row sums (two warp barriers a shuffle), against the warp kernel's 6 a row.
+    mu, L, z, _, _, _ = case(d, 1, "identity", torch.float64, n=4)
+    nu = torch.tensor(40.0, dtype=torch.float64)
+    emu.set_variant(3)
+    try:
+        _, saved = emu.forward(mu, L, z, nu, None, 1.0, 0.0, True, True, 1, True)
+        before = emu.warp_barriers()
+        emu.backward(torch.ones(4, dtype=torch.float64), mu, L, z, nu, None, 1.0, 0.0, True, saved, 1, True)
+        assert emu.warp_barriers() - before == 4 * (d + 31) * 2
     finally:
         emu.set_variant(0)

@@ -69,7 +69,7 @@ fi
 
 # 4. The regulariser per minibatch on CUDA: events and graph replays.
 run_step bench_elbo 90 "$PY" benchmarks/bench_elbo.py --device cuda --batch 64 1024 4096 --dims 10 32 \
-  --dtypes float32 --repeats 7 --cuda-variants thread warp --json "$OUTDIR/bench_elbo_cuda.json"
+  --dtypes float32 --repeats 7 --cuda-variants thread warp unrolled --json "$OUTDIR/bench_elbo_cuda.json"
 
 # 5. Training steps on CUDA: the three models eager (fp32, bf16; fused against reference), then
 #    eager against --compile (bf16, CUDA graphs).

@@ -74,7 +74,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> regularizer_backward_
 }  // namespace
 
 void set_cuda_kernel_variant(int variant) {
-  TORCH_CHECK_VALUE(variant >= 0 && variant <= 2, "chyvae_ext: kernel variant must be 0 (auto), 1 (thread) or 2 (warp), got ",
+  TORCH_CHECK_VALUE(variant >= 0 && variant <= 3,
+                    "chyvae_ext: kernel variant must be 0 (auto), 1 (thread), 2 (warp) or 3 (unrolled), got ",
                     variant);
   cuda_kernels::kernel_variant() = static_cast<cuda_kernels::Variant>(variant);
 }

@@ -159,22 +159,11 @@ __device__ inline double warp_sum(double v) {
   return v;
 }
 
-// w_j = sum_i L_ij p z_i for this lane's column and the sums of the forward, all lanes alike.
-template <typename T>
-__device__ inline RegIso1Sums warp_iso1_sums(const RegParams& p, int lane, const T* mu, const T* L, const T* z,
-                                             double& w, double& sum_log_l) {
+// The forward's sums, all lanes alike, from this lane's column j: w_j = sum_i L_ij p z_i, its sum of
+// squares ss and its diagonal entry.
+__device__ inline RegIso1Sums warp_iso1_finish(const RegParams& p, int lane, double zj, double mj, double w, double ss,
+                                               double ldiag, double& sum_log_l) {
   const int d = p.d;
-  const double zj = lane < d ? static_cast<double>(z[lane]) : 0.0;
-  const double mj = lane < d ? static_cast<double>(mu[lane]) : 0.0;
-  double ss = 0.0, ldiag = 1.0;
-  w = 0.0;
-  for (int i = 0; i < d; ++i) {
-    const double ui = p.p_iso * __shfl_sync(0xffffffffu, zj, i);
-    const double l = lane <= i ? static_cast<double>(L[i * d + lane]) : 0.0;  // lane <= i < d
-    w += l * ui;
-    ss += l * l;
-    if (lane == i) ldiag = l;
-  }
   // One log per lane; a diagonal entry that is not > 0 (or NaN) makes the sum NaN, as on the CPU.
   sum_log_l = warp_sum(lane < d ? (ldiag > 0.0 ? log(ldiag) : NAN) : 0.0);
   RegIso1Sums r;
@@ -185,6 +174,78 @@ __device__ inline RegIso1Sums warp_iso1_sums(const RegParams& p, int lane, const
   r.mm = warp_sum(mj * mj);
   r.log_a = log(r.a);
   return r;
+}
+
+// Every row of this lane's column in registers: l[i] = L_i,lane for lane <= i < d, else 0. The 32 rows
+// are unrolled at compile time (those past d predicated off), so all the loads are in flight at once.
+template <typename T>
+__device__ inline void warp_load_rows(int d, int lane, const T* L, double (&l)[kWarp]) {
+#pragma unroll
+  for (int i = 0; i < kWarp; ++i) l[i] = (i < d && lane <= i) ? static_cast<double>(L[i * d + lane]) : 0.0;
+}
+
+// The forward's sums from rows already in registers (the "unrolled" layout).
+__device__ inline RegIso1Sums warp_iso1_sums_rows(const RegParams& p, int lane, const double (&l)[kWarp], double zj,
+                                                  double mj, double& w, double& sum_log_l) {
+  double ss = 0.0, ldiag = 1.0;
+  w = 0.0;
+#pragma unroll
+  for (int i = 0; i < kWarp; ++i) {
+    if (i < p.d) {  // the same for every lane
+      w += l[i] * (p.p_iso * __shfl_sync(0xffffffffu, zj, i));
+      ss += l[i] * l[i];
+      if (lane == i) ldiag = l[i];
+    }
+  }
+  return warp_iso1_finish(p, lane, zj, mj, w, ss, ldiag, sum_log_l);
+}
+
+// The forward's sums of datapoint (mu, L, z); w: this lane's w_j. Unrolled: the rows loaded at once
+// (warp_load_rows); otherwise row after row.
+template <bool Unrolled, typename T>
+__device__ inline RegIso1Sums warp_iso1_sums(const RegParams& p, int lane, const T* mu, const T* L, const T* z,
+                                             double& w, double& sum_log_l) {
+  const int d = p.d;
+  const double zj = lane < d ? static_cast<double>(z[lane]) : 0.0;
+  const double mj = lane < d ? static_cast<double>(mu[lane]) : 0.0;
+  if constexpr (Unrolled) {
+    double l[kWarp];
+    warp_load_rows(d, lane, L, l);
+    return warp_iso1_sums_rows(p, lane, l, zj, mj, w, sum_log_l);
+  } else {
+    double ss = 0.0, ldiag = 1.0;
+    w = 0.0;
+    for (int i = 0; i < d; ++i) {
+      const double ui = p.p_iso * __shfl_sync(0xffffffffu, zj, i);
+      const double l = lane <= i ? static_cast<double>(L[i * d + lane]) : 0.0;  // lane <= i < d
+      w += l * ui;
+      ss += l * l;
+      if (lane == i) ldiag = l;
+    }
+    return warp_iso1_finish(p, lane, zj, mj, w, ss, ldiag, sum_log_l);
+  }
+}
+
+// Row sums as a reduce-scatter: lane j holds v[i] for rows i = 0..31; afterwards lane i returns
+// sum_j v_j[i]. Each round halves the rows a lane keeps (lanes with bit m clear keep the lower half)
+// and adds the partner's (lane ^ m) copy of them: 16 + 8 + 4 + 2 + 1 = 31 shuffles in all, against
+// 5 for each of 32 rows with a warp_sum per row. v is overwritten.
+// (Rounds as templates, so that every index is a compile-time constant and v stays in registers.)
+template <int M>
+__device__ inline void warp_reduce_scatter_round(double (&v)[kWarp], int lane) {
+  const bool upper = (lane & M) != 0;
+#pragma unroll
+  for (int k = 0; k < M; ++k) {
+    const double send = upper ? v[k] : v[k + M];
+    const double keep = upper ? v[k + M] : v[k];
+    v[k] = keep + __shfl_xor_sync(0xffffffffu, send, M);
+  }
+  if constexpr (M > 1) warp_reduce_scatter_round<M / 2>(v, lane);
+}
+
+__device__ inline double warp_reduce_scatter(double (&v)[kWarp], int lane) {
+  warp_reduce_scatter_round<kWarp / 2>(v, lane);
+  return v[0];
 }
 
 // Per-datapoint nu, a warp per datapoint: lane j adds the constant's term j (d <= 32: one each),
@@ -201,7 +262,7 @@ __device__ inline void warp_row_params(const RegConfig& c, const NuPtr& nu, int6
   cache.nu = v;
 }
 
-template <typename T>
+template <bool Unrolled, typename T>
 __global__ void __launch_bounds__(kThreads)
     regularizer_forward_warp_kernel(RegConfig cfg, NuPtr nu, int64_t n, const T* __restrict__ mu,
                                     const T* __restrict__ L, const T* __restrict__ z, double* __restrict__ saved,
@@ -215,7 +276,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t i = warp; i < n; i += warps) {  // the same trip count for every lane of a warp
     if (nu.rows) warp_row_params(cfg, nu, i, false, lane, cache);
     double w, sum_log_l;
-    const RegIso1Sums r = warp_iso1_sums(p, lane, mu + i * d, L + i * d * d, z + i * d, w, sum_log_l);
+    const RegIso1Sums r = warp_iso1_sums<Unrolled>(p, lane, mu + i * d, L + i * d * d, z + i * d, w, sum_log_l);
     if (saved != nullptr) {
       double* si = saved + i * reg_iso1_saved_size(p.d);
       if (lane < d) si[lane] = w;
@@ -228,7 +289,7 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <typename T>
+template <bool Unrolled, typename T>
 __global__ void __launch_bounds__(kThreads)
     regularizer_backward_warp_kernel(RegConfig cfg, NuPtr nu, int64_t n, const T* __restrict__ grad,
                                      int64_t grad_stride, const T* __restrict__ mu, const T* __restrict__ L,
@@ -249,6 +310,10 @@ __global__ void __launch_bounds__(kThreads)
     const T* L_i = L + i * static_cast<int64_t>(d) * d;
     T* gl_i = g_l + i * static_cast<int64_t>(d) * d;
     const double g = static_cast<double>(grad[i * grad_stride]);
+    const double zj = lane < d ? static_cast<double>(z_i[lane]) : 0.0;
+    const double mj = lane < d ? static_cast<double>(mu_i[lane]) : 0.0;
+    double l_rows[Unrolled ? kWarp : 1];  // Unrolled: this lane's column, every row at once
+    if constexpr (Unrolled) warp_load_rows(d, lane, L_i, l_rows);
     double w;
     RegIso1Sums r;
     if (saved != nullptr) {
@@ -257,25 +322,39 @@ __global__ void __launch_bounds__(kThreads)
       w = lane < d ? si[lane] : 0.0;
     } else {
       double unused;
-      r = warp_iso1_sums(p, lane, mu_i, L_i, z_i, w, unused);
+      if constexpr (Unrolled) r = warp_iso1_sums_rows(p, lane, l_rows, zj, mj, w, unused);
+      else r = warp_iso1_sums<false>(p, lane, mu_i, L_i, z_i, w, unused);
     }
-    const double zj = lane < d ? static_cast<double>(z_i[lane]) : 0.0;
-    const double mj = lane < d ? static_cast<double>(mu_i[lane]) : 0.0;
     const double inv_a = 1.0 / r.a;
     const double two_a = 2.0 * p.alpha, two_b = 2.0 * p.beta;
     const double scale_l = -two_b * g;
     const double cl = scale_l * pi;
-    double y_mine = 0.0;
-    for (int row = 0; row < d; ++row) {
-      const double vi = pi * __shfl_sync(0xffffffffu, zj, row) * inv_a;  // V = u / a
-      const double cw = -scale_l * vi;                                   // dR/dL_ij = cl L_ij + cw w_j
-      const bool lower = lane <= row;
-      const double l = lower ? static_cast<double>(L_i[row * d + lane]) : 0.0;
-      const double y = warp_sum(l * w);
-      if (lane == row) y_mine = y;
-      double gl = lower ? cl * l + cw * w : 0.0;
-      if (lane == row) gl += g / l;
-      if (lane < d) gl_i[row * d + lane] = static_cast<T>(gl);
+    double y_mine = 0.0;  // y_j = sum_k L_jk w_k for this lane's row j
+    if constexpr (Unrolled) {
+#pragma unroll
+      for (int row = 0; row < kWarp; ++row) {
+        if (row < d) {  // the same for every lane
+          const double vi = pi * __shfl_sync(0xffffffffu, zj, row) * inv_a;  // V = u / a
+          const double cw = -scale_l * vi;                                   // dR/dL_ij = cl L_ij + cw w_j
+          double gl = lane <= row ? cl * l_rows[row] + cw * w : 0.0;
+          if (lane == row) gl += g / l_rows[row];
+          if (lane < d) gl_i[row * d + lane] = static_cast<T>(gl);
+        }
+        l_rows[row] *= w;  // this lane's term of row's y
+      }
+      y_mine = warp_reduce_scatter(l_rows, lane);
+    } else {
+      for (int row = 0; row < d; ++row) {
+        const double vi = pi * __shfl_sync(0xffffffffu, zj, row) * inv_a;  // V = u / a
+        const double cw = -scale_l * vi;                                   // dR/dL_ij = cl L_ij + cw w_j
+        const bool lower = lane <= row;
+        const double l = lower ? static_cast<double>(L_i[row * d + lane]) : 0.0;
+        const double y = warp_sum(l * w);
+        if (lane == row) y_mine = y;
+        double gl = lower ? cl * l + cw * w : 0.0;
+        if (lane == row) gl += g / l;
+        if (lane < d) gl_i[row * d + lane] = static_cast<T>(gl);
+      }
     }
     if (lane < d) {
       const double vj = pi * zj * inv_a;
@@ -292,8 +371,10 @@ __global__ void __launch_bounds__(kThreads)
 // datapoint above (set_cuda_kernel_variant overrides this, for measurements). Measured on an H200
 // (benchmarks/RESULTS.md, forward+backward graph replay, float32): the warp layout took 13.9 / 14.6
 // / 22.8 us at B = 64 / 1024 / 4096 for d = 10 against 23.6 / 33.8 / 36.2 us, and 26.1 / 27.4 /
-// 52.2 us for d = 32 against 224.5 / 351.6 / 359.0 us.
-enum class Variant { kAuto = 0, kThread = 1, kWarp = 2 };
+// 52.2 us for d = 32 against 224.5 / 351.6 / 359.0 us. kUnrolled (the warp layout with the rows
+// in registers and the backward's row sums by one reduce-scatter) is not measured on a GPU yet, so
+// auto does not pick it.
+enum class Variant { kAuto = 0, kThread = 1, kWarp = 2, kUnrolled = 3 };
 
 inline Variant& kernel_variant() {
   static Variant v = Variant::kAuto;
@@ -302,12 +383,11 @@ inline Variant& kernel_variant() {
 
 inline bool use_warp_kernel(bool iso1, int d) {
   if (!iso1 || d > kWarp) return false;
-  switch (kernel_variant()) {
-    case Variant::kThread: return false;
-    case Variant::kWarp: return true;
-    default: return true;
-  }
+  return kernel_variant() != Variant::kThread;
 }
+
+// Whether a warp-layout launch runs the unrolled kernels.
+inline bool use_unrolled_rows() { return kernel_variant() == Variant::kUnrolled; }
 
 // Blocks for n threads' work, at most max_blocks (what stays resident) and at least 1.
 inline unsigned int grid_for(int64_t n, int64_t max_blocks) {

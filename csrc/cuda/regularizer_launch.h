@@ -38,7 +38,8 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const at::Tensor& mu, const at::T
   double* saved_p = f.saved.numel() > 0 ? f.saved.mutable_data_ptr<double>() : nullptr;
   if (use_warp_kernel(iso1, cfg.d)) {
     AT_DISPATCH_FLOATING_TYPES(f.mu.scalar_type(), "regularizer_cuda_warp", [&] {
-      auto kernel = regularizer_forward_warp_kernel<scalar_t>;
+      auto kernel = use_unrolled_rows() ? regularizer_forward_warp_kernel<true, scalar_t>
+                                        : regularizer_forward_warp_kernel<false, scalar_t>;
       const unsigned int grid = grid_for(n * kWarp, max_blocks(reinterpret_cast<const void*>(kernel)));
       CHY_LAUNCH(kernel, grid, stream, cfg, nu_ptr(f.call, host_params), n, f.mu.const_data_ptr<scalar_t>(),
                  f.L.const_data_ptr<scalar_t>(), f.z.const_data_ptr<scalar_t>(), saved_p,
@@ -76,7 +77,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_backward(
   const double* prec = b.call.prec.defined() ? b.call.prec.const_data_ptr<double>() : nullptr;
   if (use_warp_kernel(iso1, cfg.d)) {
     AT_DISPATCH_FLOATING_TYPES(b.mu.scalar_type(), "regularizer_backward_cuda_warp", [&] {
-      auto kernel = regularizer_backward_warp_kernel<scalar_t>;
+      auto kernel = use_unrolled_rows() ? regularizer_backward_warp_kernel<true, scalar_t>
+                                        : regularizer_backward_warp_kernel<false, scalar_t>;
       const unsigned int grid = grid_for(n * kWarp, max_blocks(reinterpret_cast<const void*>(kernel)));
       CHY_LAUNCH(kernel, grid, stream, cfg, nu_ptr(b.call, host_params), n, b.grad.const_data_ptr<scalar_t>(),
                  b.grad.stride(0), b.mu.const_data_ptr<scalar_t>(), b.L.const_data_ptr<scalar_t>(),

@@ -44,5 +44,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def(
       "set_variant",
       [](int v) { chyvae_ext::cuda_kernels::kernel_variant() = static_cast<chyvae_ext::cuda_kernels::Variant>(v); },
-      "0 auto, 1 a thread per datapoint, 2 a warp per datapoint");
+      "0 auto, 1 a thread per datapoint, 2 a warp per datapoint, 3 a warp per datapoint with the rows unrolled");
 }
