@@ -196,3 +196,24 @@ def test_run_checkpoint_is_the_last_or_the_one_of_a_step(runs, tmp_path):
     run = Run(runs / "chyvae-seed0")
     assert run.checkpoint().name == "step_00000006.pt" and run.checkpoint(3).name == "step_00000003.pt"
     assert run.checkpoint(4) is None and Run(tmp_path).checkpoint() is None
+
+
+def test_collect_several_roots_names_runs_by_root_and_refuses_a_seed_counted_twice(runs, tmp_path, capsys):
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(runs / "chyvae-seed0", a / "chyvae-seed0")
+    shutil.copytree(runs / "betavae-seed0", b / "betavae-seed0")
+    _, rows = collect_runs([a, b], tmp_path / "out", score=False)
+    assert {r["run"] for r in rows if r["state"] == "finished"} == {"a/chyvae-seed0", "b/betavae-seed0"}
+    assert main(["collect", str(a), str(b), "--out", str(tmp_path / "cli"), "--no-score", "--at-step", "6"]) == 0
+    table = capsys.readouterr().out
+    assert "| betavae | beta = 4 | 1 |" in table and "| chyvae | nu = 10 | 1 |" in table
+    shutil.copytree(runs / "chyvae-seed0", b / "chyvae-seed0")  # the same run in both places
+    with pytest.raises(ValueError, match=r"runs a/chyvae-seed0 and b/chyvae-seed0 are both chyvae nu = 10.0 seed 0 "
+                                         r"finished: collect only one of them"):
+        collect_runs([a, b], tmp_path / "out", score=False)
+    with pytest.raises(ValueError, match=r"both chyvae nu = 10.0 seed 0 at step 6: collect only one of them"):
+        collect_runs([a, b], tmp_path / "out", score=False, at_step=6)
+    assert main(["collect", str(a), str(tmp_path / "nope")]) == 2
+    assert f"ROOT {tmp_path / 'nope'}: no such directory" in capsys.readouterr().err

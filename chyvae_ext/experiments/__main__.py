@@ -8,7 +8,7 @@ sweep --grid FILE [--dry-run] [--ensemble [--ensemble-size N]] [--set KEY=VALUE 
                                  --set data_root=PATH), over what the grid file says;
                                  --launcher: on this machine (default), a Ray cluster or SLURM
                                  (chyvae_ext.experiments.launchers)
-collect ROOT [--out DIR] [--no-score] [--at-step S]
+collect ROOT [ROOT ...] [--out DIR] [--no-score] [--at-step S]
                                  results.csv and results_by_step.csv from every run under ROOT, with
                                  every run's last checkpoint scored under both FactorVAE protocols and
                                  MIG and the untrained floor (minutes per run, cached; --no-score
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slurm-cluster", dest="slurm_cluster", choices=("slurm", "local", "debug"),
                    help="slurm: submitit's executor (default: slurm where sbatch is found); local runs the array here")
     p = sub.add_parser("collect", help="gather runs into CSV")
-    p.add_argument("root", metavar="ROOT")
-    p.add_argument("--out", help="directory for the CSVs (default ROOT)")
+    p.add_argument("root", metavar="ROOT", nargs="+", help="directories of runs (one or more)")
+    p.add_argument("--out", help="directory for the CSVs (default the first ROOT)")
     p.add_argument("--no-score", dest="score", action="store_false",
                    help="compute no second opinion or floor (those already cached are shown)")
     p.add_argument("--at-step", dest="at_step", type=int,

@@ -66,15 +66,18 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def collect_runs(
-    root: str | Path,
+    root: str | Path | list[str | Path],
     out: str | Path | None = None,
     *,
     score: bool = True,
     at_step: int | None = None,
     progress=None,
 ) -> tuple[Path, list[dict]]:
-    """Write ``results.csv`` and ``results_by_step.csv`` (in ``out``, default ``root``); returns (csv path, rows).
+    """Write ``results.csv`` and ``results_by_step.csv`` (in ``out``, default the first root); returns (csv path, rows).
 
+    ``root``: one directory of runs, or a list of them (a sweep's runs kept in two places); with
+    several, each run is named ROOT_NAME/RUN, and two runs of one model, setting and seed that both
+    count (both finished, or both evaluated at ``at_step``) are refused, so no seed is counted twice.
     Adds the second opinions (to each run's row, from its last checkpoint; with ``at_step``, to its
     evaluation row at that step instead, from the checkpoint kept there) and the untrained floor:
     computed where ``score`` (minutes per run on a CPU, cached), else only those already cached.
@@ -82,13 +85,19 @@ def collect_runs(
     """
     from .scores import score_run, untrained_rows
 
-    root = Path(root)
-    if not root.is_dir():
-        raise ValueError(f"ROOT {root}: no such directory")
+    roots = [Path(r) for r in root] if isinstance(root, list | tuple) else [Path(root)]
+    for r in roots:
+        if not r.is_dir():
+            raise ValueError(f"ROOT {r}: no such directory")
     finals, steps, configs = [], [], []
-    for run_dir in sorted(p.parent for p in root.rglob("config.json")):
-        got = _run_rows(run_dir)
-        if got is not None:
+    for r in roots:
+        for run_dir in sorted(p.parent for p in r.rglob("config.json")):
+            got = _run_rows(run_dir)
+            if got is None:
+                continue
+            if len(roots) > 1:
+                for row in (got[0], *got[1]):
+                    row["run"] = f"{r.name}/{run_dir.name}"
             # A run whose checkpoints are gone (a fresh clone: they are not in git) still shows the
             # scores cached at that step, and its configuration still gives the untrained floor.
             if at_step is None:
@@ -101,8 +110,18 @@ def collect_runs(
             finals.append(got[0])
             steps += got[1]
     if not finals:
-        raise ValueError(f"ROOT {root}: no run directories (with config.json) under it")
-    out = Path(out) if out is not None else root
+        raise ValueError(f"ROOT {' '.join(map(str, roots))}: no run directories (with config.json) under it")
+    counted = [r for r in steps if r["step"] == at_step] if at_step is not None else [
+        r for r in finals if r["state"] == "finished"]
+    seen: dict[tuple, str] = {}
+    for row in counted:
+        key = (row["model"], row["value"], row["seed"])
+        if key in seen:
+            where = f"at step {at_step}" if at_step is not None else "finished"
+            raise ValueError(f"runs {seen[key]} and {row['run']} are both {row['model']} {row['hyper']} = "
+                             f"{row['value']} seed {row['seed']} {where}: collect only one of them")
+        seen[key] = row["run"]
+    out = Path(out) if out is not None else roots[0]
     out.mkdir(parents=True, exist_ok=True)
     finals += untrained_rows(configs, out / "untrained_scores.json", compute=score, progress=progress)
     _write_csv(out / "results.csv", finals)
