@@ -185,32 +185,21 @@ def test_emulated_block_parameters_use_barriers_only_for_a_device_nu(emu):
     assert emu.barriers() == before
 
 
-def test_emulated_warp_kernel_shuffles_per_row(emu):
-    # A warp per datapoint: one broadcast and one 5-step sum a row in the backward (two warp barriers
-    # a shuffle), so the emulator really ran the warp kernel.
-    mu, L, z, _, _, _ = case(32, 1, "identity", torch.float64, n=4)
-    nu = torch.tensor(40.0, dtype=torch.float64)
-    emu.set_variant(2)
-    try:
-        _, saved = emu.forward(mu, L, z, nu, None, 1.0, 0.0, True, True, 1, True)
-        before = emu.warp_barriers()
-        emu.backward(torch.ones(4, dtype=torch.float64), mu, L, z, nu, None, 1.0, 0.0, True, saved, 1, True)
-        assert emu.warp_barriers() - before == 4 * 32 * (1 + 5) * 2
-    finally:
-        emu.set_variant(0)
-
-
-@pytest.mark.parametrize("d", [32, 7])
-def test_emulated_unrolled_kernel_shuffles_d_broadcasts_and_one_reduce_scatter(emu, d):
-    # The unrolled warp kernel's backward: one broadcast a row (d) and one reduce-scatter of 31
-    # shuffles for all the row sums (two warp barriers a shuffle), against the warp kernel's 6 a row.
+@pytest.mark.parametrize(("layout", "d", "shuffles"), [
+    ("warp", 32, 32 * (1 + 5)),  # a broadcast and a 5-step sum a row
+    ("unrolled", 32, 32 + 31),  # a broadcast a row, then one reduce-scatter for all the row sums
+    ("unrolled", 7, 7 + 31),
+])
+def test_emulated_warp_kernels_backward_shuffle_count(emu, layout, d, shuffles):
+    # Shuffles a datapoint in the backward (two warp barriers each), so the emulator really ran that
+    # layout's kernel: 4 datapoints.
     mu, L, z, _, _, _ = case(d, 1, "identity", torch.float64, n=4)
     nu = torch.tensor(40.0, dtype=torch.float64)
-    emu.set_variant(3)
+    emu.set_variant(VARIANTS[layout])
     try:
         _, saved = emu.forward(mu, L, z, nu, None, 1.0, 0.0, True, True, 1, True)
         before = emu.warp_barriers()
         emu.backward(torch.ones(4, dtype=torch.float64), mu, L, z, nu, None, 1.0, 0.0, True, saved, 1, True)
-        assert emu.warp_barriers() - before == 4 * (d + 31) * 2
+        assert emu.warp_barriers() - before == 4 * shuffles * 2
     finally:
         emu.set_variant(0)
