@@ -176,6 +176,15 @@ __device__ inline RegIso1Sums warp_iso1_finish(const RegParams& p, int lane, dou
   return r;
 }
 
+// Row i's part of the forward's sums for this lane's column: l = L_i,lane (0 above the diagonal).
+// Every lane must call it (a shuffle).
+__device__ inline void warp_iso1_row(const RegParams& p, int lane, int i, double l, double zj, double& w, double& ss,
+                                     double& ldiag) {
+  w += l * (p.p_iso * __shfl_sync(0xffffffffu, zj, i));
+  ss += l * l;
+  if (lane == i) ldiag = l;
+}
+
 // Every row of this lane's column in registers: l[i] = L_i,lane for lane <= i < d, else 0. The 32 rows
 // are unrolled at compile time (those past d predicated off), so all the loads are in flight at once.
 template <typename T>
@@ -190,13 +199,8 @@ __device__ inline RegIso1Sums warp_iso1_sums_rows(const RegParams& p, int lane, 
   double ss = 0.0, ldiag = 1.0;
   w = 0.0;
 #pragma unroll
-  for (int i = 0; i < kWarp; ++i) {
-    if (i < p.d) {  // the same for every lane
-      w += l[i] * (p.p_iso * __shfl_sync(0xffffffffu, zj, i));
-      ss += l[i] * l[i];
-      if (lane == i) ldiag = l[i];
-    }
-  }
+  for (int i = 0; i < kWarp; ++i)
+    if (i < p.d) warp_iso1_row(p, lane, i, l[i], zj, w, ss, ldiag);  // i < d: the same for every lane
   return warp_iso1_finish(p, lane, zj, mj, w, ss, ldiag, sum_log_l);
 }
 
@@ -215,13 +219,8 @@ __device__ inline RegIso1Sums warp_iso1_sums(const RegParams& p, int lane, const
   } else {
     double ss = 0.0, ldiag = 1.0;
     w = 0.0;
-    for (int i = 0; i < d; ++i) {
-      const double ui = p.p_iso * __shfl_sync(0xffffffffu, zj, i);
-      const double l = lane <= i ? static_cast<double>(L[i * d + lane]) : 0.0;  // lane <= i < d
-      w += l * ui;
-      ss += l * l;
-      if (lane == i) ldiag = l;
-    }
+    for (int i = 0; i < d; ++i)
+      warp_iso1_row(p, lane, i, lane <= i ? static_cast<double>(L[i * d + lane]) : 0.0, zj, w, ss, ldiag);
     return warp_iso1_finish(p, lane, zj, mj, w, ss, ldiag, sum_log_l);
   }
 }
@@ -289,6 +288,18 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Row `row` (< d) of dR/dL for this lane's column j: cl L_ij + cw w_j below and on the diagonal, plus
+// g / L_jj on it. l = L_row,j (0 above the diagonal). Every lane must call it (a shuffle).
+template <typename T>
+__device__ inline void store_grad_l_row(int lane, int row, int d, double l, double w, double zj, double pi,
+                                        double inv_a, double scale_l, double cl, double g, T* gl_i) {
+  const double vi = pi * __shfl_sync(0xffffffffu, zj, row) * inv_a;  // V = u / a
+  const double cw = -scale_l * vi;                                   // dR/dL_ij = cl L_ij + cw w_j
+  double gl = lane <= row ? cl * l + cw * w : 0.0;
+  if (lane == row) gl += g / l;
+  if (lane < d) gl_i[row * d + lane] = static_cast<T>(gl);
+}
+
 template <bool Unrolled, typename T>
 __global__ void __launch_bounds__(kThreads)
     regularizer_backward_warp_kernel(RegConfig cfg, NuPtr nu, int64_t n, const T* __restrict__ grad,
@@ -333,27 +344,16 @@ __global__ void __launch_bounds__(kThreads)
     if constexpr (Unrolled) {
 #pragma unroll
       for (int row = 0; row < kWarp; ++row) {
-        if (row < d) {  // the same for every lane
-          const double vi = pi * __shfl_sync(0xffffffffu, zj, row) * inv_a;  // V = u / a
-          const double cw = -scale_l * vi;                                   // dR/dL_ij = cl L_ij + cw w_j
-          double gl = lane <= row ? cl * l_rows[row] + cw * w : 0.0;
-          if (lane == row) gl += g / l_rows[row];
-          if (lane < d) gl_i[row * d + lane] = static_cast<T>(gl);
-        }
+        if (row < d) store_grad_l_row(lane, row, d, l_rows[row], w, zj, pi, inv_a, scale_l, cl, g, gl_i);
         l_rows[row] *= w;  // this lane's term of row's y
       }
       y_mine = warp_reduce_scatter(l_rows, lane);
     } else {
       for (int row = 0; row < d; ++row) {
-        const double vi = pi * __shfl_sync(0xffffffffu, zj, row) * inv_a;  // V = u / a
-        const double cw = -scale_l * vi;                                   // dR/dL_ij = cl L_ij + cw w_j
-        const bool lower = lane <= row;
-        const double l = lower ? static_cast<double>(L_i[row * d + lane]) : 0.0;
+        const double l = lane <= row ? static_cast<double>(L_i[row * d + lane]) : 0.0;
         const double y = warp_sum(l * w);
         if (lane == row) y_mine = y;
-        double gl = lower ? cl * l + cw * w : 0.0;
-        if (lane == row) gl += g / l;
-        if (lane < d) gl_i[row * d + lane] = static_cast<T>(gl);
+        store_grad_l_row(lane, row, d, l, w, zj, pi, inv_a, scale_l, cl, g, gl_i);
       }
     }
     if (lane < d) {
