@@ -217,3 +217,33 @@ def test_collect_several_roots_names_runs_by_root_and_refuses_a_seed_counted_twi
         collect_runs([a, b], tmp_path / "out", score=False, at_step=6)
     assert main(["collect", str(a), str(tmp_path / "nope")]) == 2
     assert f"ROOT {tmp_path / 'nope'}: no such directory" in capsys.readouterr().err
+
+
+def test_fewer_seeds_marks_the_steps_below_the_most_seeds():
+    from chyvae_ext.experiments.plot import fewer_seeds
+
+    assert fewer_seeds([2, 2, 1, 1]) == [False, False, True, True]
+    assert fewer_seeds([3, 3]) == [False, False]
+    assert fewer_seeds([]) == []
+
+
+def test_by_step_draws_steps_only_some_seeds_reached_with_open_markers(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from chyvae_ext.experiments import plot as plot_mod
+
+    closed = []
+    monkeypatch.setattr(plt, "close", closed.append)  # keep the figure to read it back
+    score = {(0, 1): 0.6, (0, 2): 0.7, (0, 3): 0.9, (1, 1): 0.5, (1, 2): 0.6}  # seed 1 has not reached step 3
+    rows = [{"model": "chyvae", "hyper": "nu", "value": "12", "seed": str(seed), "step": str(step),
+             "factor_vae": str(v), "recon": str(40 - step)} for (seed, step), v in score.items()]
+    plot_mod.plot_by_step(rows, tmp_path / "by_step.png")
+    assert (tmp_path / "by_step.png").is_file()
+    ax = closed[0].axes[0]
+    line, open_marks = [ln for ln in ax.lines if len(ln.get_xdata())]
+    assert list(line.get_xdata()) == [1.0, 2.0, 3.0]
+    assert list(line.get_ydata()) == pytest.approx([0.55, 0.65, 0.9])
+    assert line.get_markevery() == [0, 1]  # filled markers where both seeds are
+    assert list(open_marks.get_xdata()) == [3.0] and list(open_marks.get_ydata()) == pytest.approx([0.9])
+    assert open_marks.get_markerfacecolor() == "white"
+    assert "open: fewer seeds so far" in [t.get_text() for t in ax.get_legend().get_texts()]

@@ -4,7 +4,9 @@
   reconstruction error, one point per model and hyperparameter value: the mean over seeds with
   error bars of one standard deviation on both axes. Up and to the left is better.
 - ``by_step.png`` (Fig. 4): the FactorVAE score, MIG (when logged) and the reconstruction error
-  against training step, mean over seeds with a band of one standard deviation.
+  against training step, mean over seeds with a band of one standard deviation. A step that fewer of
+  a setting's seeds have reached than its others (runs still going) is drawn with an open marker:
+  its mean is not the same seeds' mean, so a jump there need not be a change.
 - ``time.png`` (Fig. 13): training time per 1,000 steps per model (median over runs).
 - ``traversals_<model>.png`` and ``.gif`` (Fig. 5, with ``runs_root``): the traversals of each model's best run
   (highest score), drawn afresh from its checkpoint, rows sorted by use.
@@ -83,6 +85,13 @@ def plot_tradeoff(rows: list[dict], out: Path, metric: str = "factor_vae", state
     plt.close(fig)
 
 
+def fewer_seeds(counts: list[int]) -> list[bool]:
+    """For one setting's evaluation steps in order, given how many seeds each has: which have fewer than
+    the most any step has (the steps only some seeds have reached yet)."""
+    most = max(counts, default=0)
+    return [n < most for n in counts]
+
+
 def plot_by_step(rows: list[dict], out: Path, metric: str = "factor_vae", floor_rows: list[dict] = ()) -> None:
     plt = _plt()
     keys = [metric] + (["mig"] if metric != "mig" and any("mig" in r for r in rows) else []) + ["recon"]
@@ -91,6 +100,7 @@ def plot_by_step(rows: list[dict], out: Path, metric: str = "factor_vae", floor_
     for r in rows:
         groups.setdefault((r["model"], r["hyper"], float(r["value"])), {}).setdefault(float(r["step"]), []).append(r)
     per_model: dict[str, int] = {}
+    any_partial = False
     for (model, hyper, value), by_step in sorted(groups.items()):
         i = per_model.setdefault(model, 0)
         per_model[model] += 1
@@ -102,15 +112,23 @@ def plot_by_step(rows: list[dict], out: Path, metric: str = "factor_vae", floor_
                 continue
             xs = [steps[j] for j in keep]
             mean, std = zip(*(mean_std(vals[j]) for j in keep), strict=True)
+            partial = fewer_seeds([len(vals[j]) for j in keep])
             ax.plot(
                 xs,
                 mean,
                 marker=MARKERS[i % len(MARKERS)],
+                markevery=[k for k, p in enumerate(partial) if not p],
                 color=COLOURS.get(model, "k"),
                 ms=5,
                 label=f"{MODEL_NAMES.get(model, model)} {hyper}={value:g}",
                 alpha=0.9,
             )
+            if any(partial):
+                ax.plot([x for x, p in zip(xs, partial, strict=True) if p],
+                        [m for m, p in zip(mean, partial, strict=True) if p],
+                        linestyle="none", marker=MARKERS[i % len(MARKERS)], ms=5, mfc="white",
+                        color=COLOURS.get(model, "k"), alpha=0.9)
+                any_partial = True
             ax.fill_between(
                 xs,
                 [m - s for m, s in zip(mean, std, strict=True)],
@@ -125,6 +143,8 @@ def plot_by_step(rows: list[dict], out: Path, metric: str = "factor_vae", floor_
     for ax in axes:
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
+    if any_partial:
+        axes[0].plot([], [], linestyle="none", marker="o", mfc="white", color="k", label="open: fewer seeds so far")
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=7)
     fig.tight_layout()
