@@ -113,21 +113,12 @@ def plot_by_step(rows: list[dict], out: Path, metric: str = "factor_vae", floor_
             xs = [steps[j] for j in keep]
             mean, std = zip(*(mean_std(vals[j]) for j in keep), strict=True)
             partial = fewer_seeds([len(vals[j]) for j in keep])
-            ax.plot(
-                xs,
-                mean,
-                marker=MARKERS[i % len(MARKERS)],
-                markevery=[k for k, p in enumerate(partial) if not p],
-                color=COLOURS.get(model, "k"),
-                ms=5,
-                label=f"{MODEL_NAMES.get(model, model)} {hyper}={value:g}",
-                alpha=0.9,
-            )
+            style = {"marker": MARKERS[i % len(MARKERS)], "color": COLOURS.get(model, "k"), "ms": 5, "alpha": 0.9}
+            ax.plot(xs, mean, markevery=[k for k, p in enumerate(partial) if not p],
+                    label=f"{MODEL_NAMES.get(model, model)} {hyper}={value:g}", **style)
             if any(partial):
                 ax.plot([x for x, p in zip(xs, partial, strict=True) if p],
-                        [m for m, p in zip(mean, partial, strict=True) if p],
-                        linestyle="none", marker=MARKERS[i % len(MARKERS)], ms=5, mfc="white",
-                        color=COLOURS.get(model, "k"), alpha=0.9)
+                        [m for m, p in zip(mean, partial, strict=True) if p], linestyle="none", mfc="white", **style)
                 any_partial = True
             ax.fill_between(
                 xs,
