@@ -190,6 +190,20 @@ def test_at_step_scores_the_checkpoint_kept_there(runs, tmp_path):
     assert scores_mod.score_run(runs / "chyvae-seed0", step=4) == {}  # no checkpoint kept at step 4
 
 
+def test_every_evaluation_row_shows_the_scores_cached_at_its_step(runs, tmp_path, monkeypatch):
+    import csv
+
+    collect_runs(runs, tmp_path / "first", at_step=6)  # scores step 6 (cached in each run's scores.json)
+    monkeypatch.setattr(scores_mod, "score_encoder", lambda *a, **k: pytest.fail("nothing is computed again"))
+    collect_runs(runs, tmp_path / "again", score=False)  # no --at-step: the rows at 6 still show them
+    with open(tmp_path / "again" / "results_by_step.csv") as f:
+        at = {r["run"]: r for r in csv.DictReader(f) if r["step"] == "6"}
+    for name in ("chyvae-seed0", "betavae-seed0"):
+        cached = json.loads((runs / name / "scores.json").read_text())["6"]
+        assert float(at[name]["factor_vae_kim_mnih"]) == cached["factor_vae_kim_mnih"]
+        assert at[name]["scored_step"] == "6"
+
+
 def test_run_checkpoint_is_the_last_or_the_one_of_a_step(runs, tmp_path):
     from chyvae_ext.train import Run
 

@@ -80,7 +80,9 @@ def collect_runs(
     count (both finished, or both evaluated at ``at_step``) are refused, so no seed is counted twice.
     Adds the second opinions (to each run's row, from its last checkpoint; with ``at_step``, to its
     evaluation row at that step instead, from the checkpoint kept there) and the untrained floor:
-    computed where ``score`` (minutes per run on a CPU, cached), else only those already cached.
+    computed where ``score`` (minutes per run on a CPU, cached), else only those already cached. Every
+    other evaluation row shows the second opinions cached at its step, so that collecting at one step
+    keeps in ``results_by_step.csv`` what an earlier ``at_step`` scored.
     ``progress`` receives a line as each score starts and ends.
     """
     from .scores import score_run, untrained_rows
@@ -102,10 +104,9 @@ def collect_runs(
             # scores cached at that step, and its configuration still gives the untrained floor.
             if at_step is None:
                 got[0].update(score_run(run_dir, compute=score, progress=progress))
-            else:
-                for row in got[1]:
-                    if row["step"] == at_step:
-                        row.update(score_run(run_dir, step=at_step, compute=score, progress=progress))
+            for row in got[1]:  # every evaluation row shows what was scored at its step before
+                computed = score and row["step"] == at_step
+                row.update(score_run(run_dir, step=row["step"], compute=computed, progress=progress))
             configs.append(TrainConfig(**json.loads((run_dir / "config.json").read_text())).resolved())
             finals.append(got[0])
             steps += got[1]
