@@ -1,6 +1,6 @@
 // Autograd for chyvae_ext::regularizer, in C++ rather than torch.library.register_autograd: the
 // Python autograd wrapper cost more than the whole fused forward+backward at training batch sizes
-// (about 120 us per step at B = 64, d = 10 on the 2-core CPU of BUILD-NOTES.md).
+// (the numbers: benchmarks/RESULTS.md).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/csrc/autograd/function.h>
@@ -48,9 +48,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> call_backward(
 Prec as_optional(const at::Tensor& t) { return t.defined() ? Prec(t) : std::nullopt; }
 
 // The backward node, written by hand as PyTorch's generated nodes are rather than through
-// torch::autograd::Function: recording through Function cost ~3.5 us a call at B = 64, d = 10
-// (wrapped outputs, input and output infos, the saved-data map), a sixth of the whole fused step
-// there; this node records what the backward needs and nothing else.
+// torch::autograd::Function: recording through Function (wrapped outputs, input and output infos,
+// the saved-data map) was a large share of the whole fused step at training sizes
+// (benchmarks/RESULTS.md); this node records what the backward needs and nothing else.
 struct RegularizerBackward : public torch::autograd::Node {
   torch::autograd::SavedVariable mu, L, z, nu, prior_prec, saved;
   double prior_scale = 1.0, prior_logdet = 0.0;
@@ -67,8 +67,8 @@ struct RegularizerBackward : public torch::autograd::Node {
     variable_list result(4);
     if (!grads[0].defined()) return result;  // no gradient flowed into R: none flows out
     // Without create_graph nothing below needs recording: skip the Autograd key, whose boxed
-    // fallback (no Autograd kernel is registered for regularizer_backward) costs several us a
-    // call. With create_graph the fallback stays in charge (it warns: no double backward).
+    // fallback (no Autograd kernel is registered for regularizer_backward) boxes every argument of
+    // every call. With create_graph the fallback stays in charge (it warns: no double backward).
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!at::GradMode::is_enabled()) below_autograd.emplace();
     const at::Tensor nu_t = nu.unpack();

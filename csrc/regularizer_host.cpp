@@ -8,8 +8,8 @@ namespace chyvae_ext {
 namespace {
 
 // sum_i reg_const_term(nu, K, i, backward), remembered per thread for the last arguments of each
-// pass: a training run calls with one nu, d and K throughout, and the 2d special functions cost
-// ~1 us a call.
+// pass: a training run calls with one nu, d and K throughout, and the 2d special functions would
+// otherwise be evaluated again at every call.
 double const_term_sum(double nu, int d, int k, bool backward) {
   struct Entry {
     bool valid = false;
@@ -103,7 +103,7 @@ PreparedCall prepare_regularizer(const at::Tensor& mu, const at::Tensor& L, cons
       }
     }
   } else if (out.params_on_host) {
-    // Read in place: item() is a dispatcher call, ~1 us on the CI machine.
+    // Read in place: item() is a whole dispatcher call for one number.
     const double nu_v = out.nu_d != nullptr ? *out.nu_d : static_cast<double>(*out.nu_f);
     TORCH_CHECK_VALUE(std::isfinite(nu_v) && nu_v > static_cast<double>(d - 1),
                       "chyvae_ext: nu must be finite and > d - 1 = ", d - 1, ", got ", nu_v);

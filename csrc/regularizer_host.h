@@ -67,7 +67,8 @@ BackwardCall begin_backward(const at::Tensor& grad, const at::Tensor& mu, const 
                             double prior_logdet, bool constants, const std::optional<at::Tensor>& saved);
 
 // Which CUDA kernels run the K = 1 isotropic fast path: 0 auto (a warp per datapoint for
-// d <= 32), 1 a thread per datapoint, 2 a warp per datapoint (d <= 32). For measurements.
+// d <= 32), 1 a thread per datapoint, 2 a warp per datapoint (d <= 32), 3 the unrolled warp layout
+// (d <= 32: every row of L in registers). For measurements.
 // Defined by the CUDA backend only.
 void set_cuda_kernel_variant(int variant);
 

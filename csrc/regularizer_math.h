@@ -1,4 +1,7 @@
-// Per-datapoint CHyVAE regulariser R and its gradients, written once for CPU and CUDA.
+// Per-datapoint CHyVAE regulariser R and its gradients: the math both backends call (host and device
+// functions). The general path (any K, any prior) is here; so are the K = 1 isotropic fast path's pieces,
+// which the CPU runs row by row or in quads (d fixed at compile time) and the CUDA kernels a thread or
+// a warp per datapoint (cuda/regularizer_kernels.cuh).
 //
 // Notation follows SPEC 1.3, generalised to K posterior samples with the Woodbury identity:
 //   Z = [z_1 .. z_K] (d x K), P = Psi^-1, U = P Z, G = I_K + Z^T U, H = G^-1,
@@ -495,7 +498,7 @@ CHY_HD double reg_lower_at(const T* li, int i, int j) {
 }
 
 // Four doubles as one SIMD value, for the run-time-d rows on the CPU. GCC would not vectorise the
-// four-lane scalar loops below by itself (measured: mostly scalar code, 2-wide at best); the
+// four-lane scalar loops below by itself (its output was mostly scalar code, 2-wide at best); the
 // vector extension makes it 4-wide with AVX2 and two 2-wide halves on baseline x86-64. CUDA
 // threads are scalar and keep the plain loops.
 #if !defined(__CUDACC__) && !defined(CHY_CUDA_EMULATION) && defined(__GNUC__)
@@ -510,7 +513,7 @@ inline __attribute__((always_inline)) RegQuad reg_quad_load(const double* p) {
 }
 // Four floats widened as four scalars: GCC lowers __builtin_convertvector of a float quad in
 // these (target-neutral) inline functions into two halves through the stack, which the AVX2 clone
-// then inherits; this form becomes one vcvtps2pd (measured: d = 32 float32 forward ~20% faster).
+// then inherits; this form becomes one vcvtps2pd (faster: benchmarks/RESULTS.md, "Numbers behind the code's comments").
 inline __attribute__((always_inline)) RegQuad reg_quad_load(const float* p) {
   return RegQuad{static_cast<double>(p[0]), static_cast<double>(p[1]), static_cast<double>(p[2]),
                  static_cast<double>(p[3])};
@@ -713,7 +716,7 @@ CHY_HD double reg_backward_point_iso1(const RegParams& p, double g, const T* mu,
 // compile time (10 and 32, SPEC 2's latent sizes), written as whole quads of columns: every
 // loop has a constant trip count, so after unrolling each row's lower-triangle mask is a constant
 // and no column above the diagonal costs anything. GCC left the scalar form mostly scalar, with
-// a compare and branch per entry (measured: 90-120 ns a datapoint each way at d = 10).
+// a compare and branch per entry (its cost: benchmarks/RESULTS.md, "Numbers behind the code's comments").
 
 typedef long long RegQuadI __attribute__((vector_size(32)));
 // Two doubles: the last, half-used quad of a row when D % 4 == 2 (D = 10) is one 8- or 16-byte load.

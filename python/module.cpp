@@ -111,8 +111,8 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "chyvae_ext compiled ops (registered under torch.ops.chyvae_ext)";
   // regularizer_eager: chyvae_ext::regularizer through the C++ dispatcher. It goes through every
   // dispatch key (autograd, autocast, backends) exactly as torch.ops.chyvae_ext.regularizer does; it
-  // skips only torch.ops' Python binding (argument parsing against the schema, ~8 us a call), which
-  // matters when the whole fused forward+backward at B = 64 costs well under 100 us. Eager mode only:
+  // skips only torch.ops' Python binding (argument parsing against the schema), which is a visible
+  // share of the whole fused forward+backward at B = 64 (benchmarks/RESULTS.md). Eager mode only:
   // under torch.compile the Python side calls torch.ops so that the op is traced.
   m.def("regularizer_eager", &chyvae_ext::call_regularizer,
         "chyvae_ext::regularizer via the C++ dispatcher (eager mode)", py::arg("mu"), py::arg("L"), py::arg("z"), py::arg("nu"), py::arg("prior_prec"), py::arg("prior_scale"),

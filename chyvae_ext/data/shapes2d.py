@@ -67,7 +67,7 @@ class Shapes2D(DSpritesLike):
         return render_classes(classes)
 
     def materialise(self, path: str | os.PathLike | None = None) -> MaterialisedImages:
-        """All 737,280 images in dSprites' order (2.9 GB of uint8; a few minutes on 2 cores),
+        """All 737,280 images in dSprites' order (2.9 GB of uint8, rendered on the host),
         saved to ``path`` as an npz with key ``imgs`` when given."""
         classes = index_to_classes(np.arange(NUM_IMAGES))
         images = render_classes(classes)

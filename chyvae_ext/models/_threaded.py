@@ -1,7 +1,7 @@
 """An ensemble's convolution stacks on the CPU, members side by side on threads.
 
-A lone run at batch 50 uses its torch threads inside each convolution, and two threads make a step
-only ~1.6x faster than one (measured on a 2-core Xeon: 190 against 314 ms). Members are independent,
+A lone run at batch 50 uses its torch threads inside each convolution, and these small convolutions
+leave part of every other thread idle (the measured ratio is in benchmarks/RESULTS.md). Members are independent,
 so an ensemble can instead give each thread whole members, each running its convolutions with one
 intra-op thread: forward and backward. ``run_stacks`` does that as one autograd Function: its
 forward runs each member's stack on a worker thread (recording that member's graph there), its

@@ -8,10 +8,9 @@ either way): "grouped", one grouped convolution per layer whose group m is membe
 (channels-last), which keeps a GPU busy with one launch per layer; or "members", each member's
 convolutions on its own images in the lone layout (on a multi-threaded CPU members side by side on
 threads, one intra-op thread each: models._threaded). On the CPU "members" is faster: a grouped
-layer's activations are M times larger and fall out of the caches that hold a lone run's (measured
-on a 2-core Xeon, an ensemble of 8 CHyVAEs: grouped 0.86x the member-steps/s of 8 lone runs,
-members 1.07-1.16x; benchmarks/RESULTS.md). "auto" (the default) picks "members" on the CPU and
-"grouped" elsewhere.
+layer's activations are M times larger and fall out of the caches that hold a lone run's (the
+measurements: benchmarks/RESULTS.md, bench_ensemble.py). "auto" (the default) picks "members" on
+the CPU and "grouped" elsewhere.
 """
 
 from __future__ import annotations

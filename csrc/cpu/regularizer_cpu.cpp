@@ -29,9 +29,8 @@ int64_t grain_for(int64_t d, int64_t k) { return std::max<int64_t>(1, 65536 / (d
 
 // The fast path, with d fixed at compile time for d = 10 and 32 (SPEC 2's latent sizes) and at
 // run time otherwise. With d fixed, the rows run as whole quads of columns whose lower-triangle
-// masks are constants (reg_*_point_iso1_quads; measured on the CI machine, standalone: d = 10
-// about 1.5-2x per datapoint each way, d = 32 about 1.25x, over the scalar masked rows and the
-// run-time-d rows respectively). Without GCC's vector extension (CHY_QUAD), d = 10 uses the
+// masks are constants (reg_*_point_iso1_quads: faster per datapoint than the scalar masked rows at
+// d = 10 and the run-time-d rows at d = 32; benchmarks/RESULTS.md). Without GCC's vector extension (CHY_QUAD), d = 10 uses the
 // scalar masked rows and d = 32 the run-time path.
 template <int DS, typename T>
 CHY_HD void forward_iso1(const RegParams& p, int64_t begin, int64_t end, const T* mu, const T* L, const T* z, T* out,

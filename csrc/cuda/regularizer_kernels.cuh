@@ -1,9 +1,11 @@
 // The CUDA kernels and their launch, free of ATen so that they also compile as host C++ under
 // cuda_emulation.h (the test build that runs them on the CPU; see tests/test_cuda_emulation.py).
 //
-// One thread per datapoint running the shared per-datapoint math, in a grid-stride loop over the
-// batch: the grid is at most what the device keeps resident (regularizer_cuda.cu asks the
-// occupancy API), so the per-thread scratch is sized to the threads, not to the batch. Each block
+// Two layouts of the shared per-datapoint math, each in a grid-stride loop over the batch: a thread
+// per datapoint (every path), and for the K = 1 isotropic fast path at d <= 32 a warp per datapoint
+// (a lane per column of L; "unrolled" keeps every row in registers). The grid is at most what the
+// device keeps resident (regularizer_cuda.cu asks the occupancy API), so the per-thread scratch is
+// sized to the threads, not to the batch. Each block
 // first computes the call's scalars (RegParams) from nu in device memory, its threads sharing the
 // 2d special-function terms, so that no kernel argument depends on nu's value: nothing waits for
 // the host, and a captured CUDA graph reads the current nu at every replay.
@@ -368,12 +370,10 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // Which layout runs the K = 1 isotropic fast path: a warp per datapoint for d <= 32, a thread per
-// datapoint above (set_cuda_kernel_variant overrides this, for measurements). Measured on an H200
-// (benchmarks/RESULTS.md, forward+backward graph replay, float32): the warp layout took 13.9 / 14.6
-// / 22.8 us at B = 64 / 1024 / 4096 for d = 10 against 23.6 / 33.8 / 36.2 us, and 26.1 / 27.4 /
-// 52.2 us for d = 32 against 224.5 / 351.6 / 359.0 us. kUnrolled (the warp layout with the rows
-// in registers and the backward's row sums by one reduce-scatter) is not measured on a GPU yet, so
-// auto does not pick it.
+// datapoint above (set_cuda_kernel_variant overrides this, for measurements). auto picks the warp
+// layout because it was the faster at every batch size and both d measured on a GPU (the table is
+// in benchmarks/RESULTS.md). kUnrolled (the warp layout with the rows in registers and the
+// backward's row sums by one reduce-scatter) has no GPU measurement yet, so auto does not pick it.
 enum class Variant { kAuto = 0, kThread = 1, kWarp = 2, kUnrolled = 3 };
 
 inline Variant& kernel_variant() {
