@@ -1,7 +1,7 @@
 """Member-steps per second: an ensemble of M runs as one batched model against M lone runs.
 
 For each model type, precision and M, the same M runs (seeds 0..M-1, their own batches and noise)
-train two ways with the training loop's own step (chyvae_ext.train.make_step):
+train two ways with the training loop's own step (chyvae_ext.step.make_step):
 
 - lone: M models, one step each, one after another, on the same threads (what M lone runs one after
   another cost per step);
@@ -29,9 +29,11 @@ import torch
 from bench_train import time_steps  # benchmarks/ is on the path when a script here runs
 
 import chyvae_ext
+from chyvae_ext.build import build_model
+from chyvae_ext.config import TrainConfig
 from chyvae_ext.data import get_dataset
 from chyvae_ext.models.ensemble import stack_models
-from chyvae_ext.train import TrainConfig, build_model, make_step
+from chyvae_ext.step import make_step
 
 
 def _pool(device: str, n: int = 512) -> torch.Tensor:

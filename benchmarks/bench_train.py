@@ -1,6 +1,6 @@
 """Training-step time of the three models, interleaved in one process.
 
-Each configuration runs the training loop's own step (chyvae_ext.train.make_step) on the same
+Each configuration runs the training loop's own step (chyvae_ext.step.make_step) on the same
 batches; repeats are interleaved across configurations after warm-up, and the median time per
 step is reported with the ratios:
 
@@ -27,8 +27,10 @@ import time
 import torch
 
 import chyvae_ext
+from chyvae_ext.build import build_model
+from chyvae_ext.config import TrainConfig, fast_bf16
 from chyvae_ext.data import get_dataset
-from chyvae_ext.train import TrainConfig, adam_options, build_model, fast_bf16, make_step, whole_step_compiles
+from chyvae_ext.step import adam_options, make_step, whole_step_compiles
 
 
 def setup(cfg: dict, batch_size: int, device: str, images: torch.Tensor):

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
+from chyvae_ext.build import build_model
+from chyvae_ext.config import TrainConfig
 from chyvae_ext.data import get_dataset
 from chyvae_ext.models import reconstruction_error
-from chyvae_ext.train import TrainConfig, build_model
 
 
 @torch.no_grad()

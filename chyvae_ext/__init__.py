@@ -1,4 +1,23 @@
-"""chyvae_ext: CHyVAE (Ansari & Soh, AAAI 2019) with a fused C++/CUDA regulariser."""
+"""chyvae_ext: CHyVAE (Ansari & Soh, AAAI 2019) with a fused C++/CUDA regulariser.
+
+The rooms, from the op up (each module imports only rooms listed above it, and nothing but
+``train.py`` itself and its CLI's users run the trainer):
+
+- the op: ``ops.py`` (chyvae_regularizer, the compiled module's front), ``reference.py`` (the pure
+  PyTorch oracle), ``sampling.py`` (inverse-Wishart prior draws); the compiled sources are ``csrc/``.
+- ``data/``: the datasets and their ground-truth factors; ``metrics/``: the disentanglement metrics.
+- ``models/``: the models, their ensembles (``models/ensemble.py``) and the model registry
+  (``models/registry.py``: each ``--model`` kind's class, swept hyperparameter and stacking).
+- the training layer, in five rooms:
+  ``config.py`` (TrainConfig, its checks, config files, the command line's parsing),
+  ``runfiles.py`` (the run directory's format: the one module that knows its file names),
+  ``build.py`` (a configuration to its model, dataset, fixed batches and held-out terms),
+  ``step.py`` (one optimisation step, eager or compiled), and
+  ``train.py`` (the loop, Trainer, and ``python -m chyvae_ext.train``);
+  ``distributed.py`` holds what torchrun changes in the loop.
+- the readers of runs: ``evaluate.py`` (score a run), ``plots.py`` (its pictures), ``explore.py``
+  (the explorer page), ``experiments/`` (grids, sweeps and their launchers, collect, figures).
+"""
 
 from __future__ import annotations
 

@@ -155,7 +155,7 @@ class Distributed:
         device = next(module.parameters()).device
         ids = [device.index] if device.type == "cuda" else None
         # The buffers (CHyVAE's prior) are the same in every process and never change: no sync per step.
-        # torch 2.13 renamed the option (broadcast_buffers is deprecated there).
+        # The option's name depends on the torch (newer ones call broadcast_buffers forward_sync_buffers).
         params = inspect.signature(DDP.__init__).parameters
         no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
         return DDP(module, device_ids=ids, **no_sync)

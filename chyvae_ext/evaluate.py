@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from .build import build_model, fixed_batches, held_out_terms, open_dataset
+from .config import TrainConfig, check_config
 from .data.base import GroundTruthDataset
 from .metrics import METRICS, PROTOCOLS, make_encoder, parse_metrics, score
 from .plots import save_model_pictures
-from .train import Run, TrainConfig, build_model, check_config, fixed_batches, held_out_terms, open_dataset
+from .runfiles import EVAL, Run, read_config
 
 
 def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, device: str | None = None,
@@ -33,15 +34,13 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
     """(model in eval mode, its TrainConfig, the checkpoint's path, its step) for a run directory.
     ``weights_only``: load the checkpoint with torch.load(weights_only=True) (tensors and plain values only)."""
     root = Path(run_dir)
-    if not (root / "config.json").is_file():
-        raise ValueError(f"RUN_DIR {root}: no config.json there (not a run directory)")
-    config = TrainConfig(**json.loads((root / "config.json").read_text()))
+    config = TrainConfig(**read_config(root))
     if device is not None:
         config = dataclasses.replace(config, device=device)
     if checkpoint is None:
         ckpts = Run(root).checkpoints()
         if not ckpts:
-            raise ValueError(f"RUN_DIR {root}: no checkpoint in {root / 'checkpoints'}")
+            raise ValueError(f"RUN_DIR {root}: no checkpoint in {Run(root).ckpt_dir}")
         checkpoint = ckpts[-1]
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
@@ -108,9 +107,7 @@ def evaluate_run(
     if pictures:
         save_model_pictures(model, fixed, held_out, root, bf16=precision == "bf16")
     record["seconds"] = time.perf_counter() - t0
-    tmp = root / ".eval.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(root / "eval.json")
+    Run(root).write_json(EVAL, record)
     return record
 
 
@@ -146,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{record['run']} step {record['step']}: held-out neg_elbo {record['held_out']['neg_elbo']:.2f} "
         f"recon {record['held_out']['recon']:.2f}  {scores}  ({record['seconds']:.1f} s) -> "
-        f"{args.run_dir / 'eval.json'}"
+        f"{args.run_dir / EVAL}"
     )
     return 0
 

@@ -2,8 +2,9 @@
 
 Every latent dimension gets a slider and the decoded image follows it; click a dataset image to
 start from its code; a traversal row shows the dimension under the pointer; CHyVAE shows the
-clicked image's posterior correlation (L L^T) and nu; the run's config, last metrics and curves
-sit beside it; several runs side by side take the same slider values (``link``).
+clicked image's posterior correlation (L L^T) and nu; the run's config, the evaluation of the
+checkpoint shown (its step's) and the curves sit beside it; several runs side by side take the same
+slider values (``link``).
 
     python -m chyvae_ext.explore runs/chyvae-correlated_ellipses-seed0 [--port 8000] [--host 127.0.0.1]
                                  [--checkpoint PATH] [--device cpu]
@@ -21,7 +22,9 @@ Endpoints (``RUN`` is the run's index, 0-based, in the order given):
                                             low, high, kl, variance, active} (low/high = mean -+ 3 std of
                                             the held-out posterior means; kl = the average KL of that
                                             dimension's posterior marginal to N(0, 1); active: kl > 0.05)
-                                            and order = the dimensions by kl, largest first
+                                            and order = the dimensions by kl, largest first;
+                                            metrics = the evaluation of the checkpoint's step
+                                            (metrics.jsonl, else eval.json; null without one)
     GET /api/runs/RUN/decode?z=v0,v1,...  PNG: the decoded image of z (z_dim finite values within
                                             +-1000); 400 with {"error": ...} otherwise
     GET /api/runs/RUN/traversal?z=...&dim=K&steps=N
@@ -50,7 +53,7 @@ from pathlib import Path
 
 import torch
 
-from .runfiles import read_metrics
+from .runfiles import EVAL, read_config, read_metrics
 
 STATIC = Path(__file__).resolve().parent / "static"
 N_IMAGES = 12  # the strip of held-out images to click
@@ -68,12 +71,28 @@ class NotFound(LookupError):
     """A run or image that does not exist: 404 with this message."""
 
 
+def evaluation_at(run_dir: Path, rows: list[dict], step: int) -> dict | None:
+    """The evaluation of the checkpoint the page shows: the newest "eval" row of ``step`` in
+    metrics.jsonl, else eval.json's (``python -m chyvae_ext.evaluate``) where it scored that step, as a
+    row; None where the run has no evaluation of that step."""
+    row = next((r for r in reversed(rows) if r.get("kind") == "eval" and r.get("step") == step), None)
+    if row is not None:
+        return row
+    try:
+        record = json.loads((run_dir / EVAL).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("step") != step:
+        return None
+    return {"kind": "eval", "step": step, **record.get("held_out", {}), **record.get("metrics", {})}
+
+
 class ExploredRun:
     """One run, loaded once: its model in eval mode, held-out statistics and everything the page shows."""
 
     def __init__(self, run_dir: str | Path, *, checkpoint: str | Path | None = None, device: str = "cpu"):
+        from .build import fixed_batches, open_dataset
         from .evaluate import load_run
-        from .train import fixed_batches, open_dataset
 
         self.root = Path(run_dir)
         try:
@@ -96,8 +115,8 @@ class ExploredRun:
         self.low, self.high = self.mean - STD_RANGE * self.std, self.mean + STD_RANGE * self.std
         self.kl = (0.5 * (mu**2 + self.var_diag - self.var_diag.log() - 1)).mean(0)
         self.z_dim = mu.shape[1]
-        rows = read_metrics(self.root / "metrics.jsonl")
-        self.metrics = next((r for r in reversed(rows) if r.get("kind") == "eval"), None)
+        rows = read_metrics(self.root)
+        self.metrics = evaluation_at(self.root, rows, self.step)
         train_rows = [r for r in rows if r.get("kind") == "train"]
         self.curves = {"step": [r["step"] for r in train_rows]}
         for key in CURVE_KEYS:
@@ -138,7 +157,7 @@ class ExploredRun:
             "nu": self.nu,
             "step": self.step,
             "checkpoint": self.checkpoint.name,
-            "config": json.loads((self.root / "config.json").read_text()),
+            "config": read_config(self.root),
             "dims": dims,
             "order": sorted(range(self.z_dim), key=lambda k: -kl[k]),
             "images": len(self.images),

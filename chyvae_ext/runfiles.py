@@ -1,18 +1,49 @@
-"""Reading a run directory's metrics.jsonl: one reader for training, plots and experiment collection."""
+"""The run directory's format: the one module that knows its file names.
+
+A run directory holds::
+
+    config.json          the resolved TrainConfig (its keys in the dataclass's order)
+    metrics.jsonl        one JSON object a line: kind "train" (an interval's mean terms) or "eval"
+    status.json          {"state": running | finished | interrupted | failed, "step": ..., ...}
+    checkpoints/         step_XXXXXXXX.pt (a damaged one set aside as step_XXXXXXXX.pt.damaged)
+    sweep_options.json   the options a sweep gave the run (before it first trains)
+    train.log            a sweep's training output
+    eval.json            the last ``python -m chyvae_ext.evaluate``
+    scores.json          scores cached by ``collect`` (chyvae_ext.experiments.scores)
+
+Training writes it through :class:`Run` (rank 0 under torchrun; the other ranks hold a
+:class:`ReadOnlyRun`); evaluate, explore, collect, plot and the sweep read it with the readers here.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import warnings
 from pathlib import Path
+
+import torch
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+STATUS = "status.json"
+CHECKPOINTS = "checkpoints"
+SWEEP_OPTIONS = "sweep_options.json"
+LOG = "train.log"
+EVAL = "eval.json"
+SCORES = "scores.json"
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The rows of a metrics.jsonl file, in order; [] when the file does not exist.
+    """The rows of a metrics.jsonl file, in order; [] when the file does not exist. ``path`` is the file,
+    or a run directory (its metrics.jsonl).
 
     A last line cut short (a process killed while appending) is ignored; a malformed line
     anywhere else raises ValueError naming the file and the line.
     """
     path = Path(path)
+    if path.is_dir():
+        path = path / METRICS
     if not path.is_file():
         return []
     lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
@@ -28,3 +59,150 @@ def read_metrics(path: str | Path) -> list[dict]:
             raise ValueError(f"{path}: line {n} is not a JSON object, got {type(row).__name__}")
         rows.append(row)
     return rows
+
+
+def has_config(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a config.json (is a run directory)."""
+    return (Path(run_dir) / CONFIG).is_file()
+
+
+def read_config(run_dir: str | Path, *, what: str = "RUN_DIR") -> dict:
+    """The run's config.json as a dict of options. Without one, ValueError
+    "``what`` RUN_DIR: no config.json there (not a run directory)"."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise ValueError(f"{what} {run_dir}: no {CONFIG} there (not a run directory)")
+    return json.loads(path.read_text())
+
+
+def read_status(run_dir: str | Path) -> dict:
+    """The run's status.json; {} where there is none."""
+    path = Path(run_dir) / STATUS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def read_sweep_options(run_dir: str | Path) -> dict:
+    """The options a sweep gave the run (sweep_options.json); the caller checks it exists."""
+    return json.loads((Path(run_dir) / SWEEP_OPTIONS).read_text())
+
+
+def write_sweep_options(run_dir: str | Path, options: dict) -> None:
+    (Path(run_dir) / SWEEP_OPTIONS).write_text(json.dumps(options, indent=2))
+
+
+def checkpoint_step_of(path: Path) -> int:
+    """The step of a checkpoint file step_XXXXXXXX.pt."""
+    return int(path.stem.split("_")[1])
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}.pt"
+
+
+def load_checkpoint(path: Path | None, device: torch.device) -> dict | None:
+    """The checkpoint at ``path`` on ``device``; None (with a warning naming the file and the error) where it
+    cannot be loaded: truncated, corrupt, or not a training checkpoint."""
+    if path is None:
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # torch.load's failures on damaged files: RuntimeError, EOFError, UnpicklingError...
+        warnings.warn(f"skipping checkpoint {path}: it cannot be loaded ({type(exc).__name__}: {exc})",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    if not isinstance(state, dict) or not {"model", "opt", "step"} <= state.keys():
+        warnings.warn(f"skipping checkpoint {path}: not a training checkpoint", RuntimeWarning, stacklevel=2)
+        return None
+    return state
+
+
+class Run:
+    """The run directory: config, metrics, status, checkpoints and pictures."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.ckpt_dir = self.root / CHECKPOINTS
+
+    def prepare(self) -> None:
+        try:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write_test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise ValueError(f"--out {self.root} is not writable: {exc}") from exc
+
+    def write_json(self, name: str, data: dict) -> None:
+        tmp = self.root / f".{name}.tmp"
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, self.root / name)
+
+    def write_config(self, config: dict) -> None:
+        self.write_json(CONFIG, config)
+
+    def write_status(self, status: dict) -> None:
+        self.write_json(STATUS, status)
+
+    def checkpoints(self) -> list[Path]:
+        return sorted(self.ckpt_dir.glob("step_*.pt"))
+
+    def checkpoint(self, step: int | None = None) -> Path | None:
+        """The last checkpoint, or the one of ``step``; None where there is none."""
+        ckpts = [c for c in self.checkpoints() if step is None or checkpoint_step_of(c) == step]
+        return ckpts[-1] if ckpts else None
+
+    def newest_loadable(self, device: torch.device) -> tuple[int, dict]:
+        """(step, state) of the newest checkpoint that loads; damaged newer ones are skipped with a warning
+        and set aside (renamed .pt.damaged, so nothing else takes them). ValueError where none loads."""
+        ckpts = self.checkpoints()
+        if not ckpts:
+            raise ValueError(f"--resume {self.root}: no checkpoint in {self.ckpt_dir}")
+        for path in reversed(ckpts):
+            state = load_checkpoint(path, device)
+            if state is not None:
+                return checkpoint_step_of(path), state
+            path.replace(path.with_suffix(".pt.damaged"))  # nothing else (scores, collect, a resume) takes it
+        raise ValueError(f"--resume {self.root}: none of the {len(ckpts)} checkpoint(s) in {self.ckpt_dir} can be "
+                         "loaded (each one's warning says why)")
+
+    def save_checkpoint(self, state: dict, step: int, keep: int, keep_every: int | None = None) -> Path:
+        """Writes the checkpoint of ``step``; removes all but the newest ``keep``, except those of steps that
+        are multiples of ``keep_every`` (the evaluation steps: kept, so a run can be scored again there)."""
+        path = self.ckpt_dir / checkpoint_name(step)
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # a reader never sees a half-written checkpoint
+        for old in self.checkpoints()[:-keep]:
+            if keep_every is None or checkpoint_step_of(old) % keep_every != 0:
+                old.unlink()
+        return path
+
+    def append_metrics(self, row: dict) -> None:
+        with open(self.root / METRICS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop rows logged after ``step`` (they belong to the part of the run being redone)."""
+        path = self.root / METRICS
+        if path.exists():
+            rows = [r for r in read_metrics(path) if r["step"] <= step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+class ReadOnlyRun(Run):
+    """The run directory as a process other than rank 0 sees it under torchrun: read, never written."""
+
+    def prepare(self) -> None:
+        pass
+
+    def write_json(self, name: str, data: dict) -> None:
+        pass
+
+    def save_checkpoint(self, state: dict, step: int, keep: int, keep_every: int | None = None) -> Path:
+        return self.ckpt_dir / checkpoint_name(step)
+
+    def append_metrics(self, row: dict) -> None:
+        pass
+
+    def truncate_metrics(self, step: int) -> None:
+        pass

@@ -4,6 +4,8 @@ import json
 
 import pytest
 
+from chyvae_ext.build import initial_model
+from chyvae_ext.config import TrainConfig
 from chyvae_ext.data import get_dataset
 from chyvae_ext.experiments import collect_runs, summarise
 from chyvae_ext.experiments import scores as scores_mod
@@ -11,7 +13,7 @@ from chyvae_ext.experiments.__main__ import main
 from chyvae_ext.metrics import PROTOCOLS, make_encoder, suite
 from chyvae_ext.metrics.factor_vae import Protocol, factor_vae_score
 from chyvae_ext.metrics.information import mig
-from chyvae_ext.train import TrainConfig, initial_model, train
+from chyvae_ext.train import train
 
 FAST = {"steps": 6, "batch_size": 8, "log_every": 3, "eval_every": 6, "ckpt_every": 3, "precision": "fp32",
         "z_dim": 4, "hidden": 16, "nu": 10.0, "metrics": "factor_vae,mig"}
@@ -205,7 +207,7 @@ def test_every_evaluation_row_shows_the_scores_cached_at_its_step(runs, tmp_path
 
 
 def test_run_checkpoint_is_the_last_or_the_one_of_a_step(runs, tmp_path):
-    from chyvae_ext.train import Run
+    from chyvae_ext.runfiles import Run
 
     run = Run(runs / "chyvae-seed0")
     assert run.checkpoint().name == "step_00000006.pt" and run.checkpoint(3).name == "step_00000003.pt"

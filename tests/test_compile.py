@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import chyvae_ext
 from chyvae_ext import PriorCov, ops
 from chyvae_ext.models import CHyVAE
-from chyvae_ext.train import make_step, whole_step_compiles
+from chyvae_ext.step import make_step, whole_step_compiles
 
 CONFIGS = {
     "fixed-nu": dict(),
@@ -165,7 +165,7 @@ def test_plain_tensor_prior_is_read_back_and_the_recorder_sees_it(monkeypatch):
 
 def test_adam_update_is_torch_adam():
     # The written-out update against torch.optim.Adam itself, eagerly, over a few steps.
-    from chyvae_ext.train import adam_update
+    from chyvae_ext.step import adam_update
 
     torch.manual_seed(0)
     params = [torch.randn(5, 3, requires_grad=True), torch.randn(7, requires_grad=True)]
@@ -188,7 +188,7 @@ def test_adam_update_is_torch_adam():
 
 @pytest.mark.parametrize("option", [{"weight_decay": 0.1}, {"amsgrad": True}, {"maximize": True}])
 def test_adam_update_refuses_other_adam_options(option):
-    from chyvae_ext.train import adam_update
+    from chyvae_ext.step import adam_update
 
     p = torch.zeros(2, requires_grad=True)
     opt = torch.optim.Adam([p], **option)
@@ -197,7 +197,7 @@ def test_adam_update_refuses_other_adam_options(option):
 
 
 def test_adam_options_fuse_only_compiled_gpu_steps():
-    from chyvae_ext.train import adam_options
+    from chyvae_ext.step import adam_options
 
     assert adam_options(True, torch.device("cuda")) == {"fused": True}
     assert adam_options(False, "cuda") == {} and adam_options(True, "cpu") == {}

@@ -7,13 +7,15 @@ import numpy as np
 import pytest
 import torch
 
+from chyvae_ext.build import fixed_batches, open_dataset
+from chyvae_ext.config import TrainConfig
 from chyvae_ext.data import fixed as fixed_mod
 from chyvae_ext.data import get_dataset
 from chyvae_ext.data.base import MaterialisedImages
 from chyvae_ext.data.fixed import cache_path, fixed_sample
 from chyvae_ext.metrics import PROTOCOLS
 from chyvae_ext.metrics.factor_vae import Protocol
-from chyvae_ext.train import TrainConfig, Trainer, fixed_batches, main, open_dataset
+from chyvae_ext.train import Trainer, main
 
 
 @pytest.fixture(autouse=True)

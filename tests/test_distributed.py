@@ -10,8 +10,11 @@ import time
 import pytest
 import torch
 
+from chyvae_ext.build import initial_model, open_dataset
+from chyvae_ext.config import TrainConfig, check_config
 from chyvae_ext.distributed import Distributed, rank_seed
-from chyvae_ext.train import TrainConfig, check_config, initial_model, load_checkpoint, main, open_dataset, train
+from chyvae_ext.runfiles import load_checkpoint
+from chyvae_ext.train import main, train
 
 TORCHRUN = shutil.which("torchrun")
 needs_torchrun = pytest.mark.skipif(TORCHRUN is None, reason="torchrun is not on PATH")

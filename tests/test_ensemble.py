@@ -176,12 +176,12 @@ def final_state(run_dir):
 ])
 def test_100_steps_member_losses_agree_with_lone_runs(tmp_path, monkeypatch, model, over):
     if model == "factorvae":  # a 100 x 2 discriminator: the default 1000 x 6 one would take CI minutes
-        import chyvae_ext.train as train_mod
+        import chyvae_ext.build as build_mod
 
         def small(c, channels):
             return FactorVAE(c.z_dim, channels, c.hidden, gamma=c.gamma, disc_hidden=100, disc_layers=2)
 
-        monkeypatch.setattr(train_mod, "build_model", small)
+        monkeypatch.setattr(build_mod, "build_model", small)
     over = dict(over, steps=100, batch_size=4, log_every=25, eval_every=100, ckpt_every=100, metrics="none")
     members = configs(tmp_path / "ens", model, **over)
     lones = configs(tmp_path / "lone", model, **over)
@@ -453,7 +453,7 @@ def test_stacked_linear_equals_each_members_linear():
 
 
 def test_member_held_out_terms_equal_each_lone_models():
-    from chyvae_ext.train import held_out_terms, member_held_out_terms
+    from chyvae_ext.build import held_out_terms, member_held_out_terms
 
     lones = lone_models("chyvae", torch.float32)
     held_out = (torch.rand(16, 1, 64, 64, generator=torch.Generator().manual_seed(0)) > 0.5).float()
@@ -466,7 +466,7 @@ def test_member_held_out_terms_equal_each_lone_models():
 
 
 def test_ensemble_key_ignores_seed_and_hyperparameters_only():
-    from chyvae_ext.train import ensemble_key
+    from chyvae_ext.config import ensemble_key
 
     a = TrainConfig(model="chyvae", seed=0, nu=12.0, out="a")
     assert ensemble_key(a) == ensemble_key(TrainConfig(model="chyvae", seed=3, nu=200.0, beta=2.0, out="b"))
@@ -508,7 +508,7 @@ def test_members_side_by_side_on_threads_equal_members_one_after_another():
 
 
 def test_compiled_ensemble_step_matches_the_eager_one():
-    from chyvae_ext.train import make_step
+    from chyvae_ext.step import make_step
 
     results = []
     for compile in (None, "aot_eager"):

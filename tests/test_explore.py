@@ -13,9 +13,11 @@ pytest.importorskip("httpx")
 from PIL import Image  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
+from chyvae_ext.build import fixed_batches, open_dataset  # noqa: E402
+from chyvae_ext.config import TrainConfig  # noqa: E402
 from chyvae_ext.evaluate import load_run  # noqa: E402
 from chyvae_ext.explore import N_IMAGES, create_app, load_runs, main  # noqa: E402
-from chyvae_ext.train import TrainConfig, fixed_batches, open_dataset, train  # noqa: E402
+from chyvae_ext.train import train  # noqa: E402
 
 TINY = dict(steps=8, batch_size=8, log_every=4, eval_every=8, ckpt_every=4, precision="fp32", z_dim=4, hidden=32,
             metrics="none")
@@ -162,9 +164,9 @@ def test_non_finite_metrics_are_sent_as_null(tmp_path, run_dirs):
     shutil.copytree(run_dirs[1], run)
     with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"kind": "train", "step": 12, "loss": float("nan"), "recon": float("inf"), "kl": 1.0}) + "\n")
-        f.write(json.dumps({"kind": "eval", "step": 12, "neg_elbo": float("nan"), "recon": 3.0}) + "\n")
+        f.write(json.dumps({"kind": "eval", "step": 8, "neg_elbo": float("nan"), "recon": 3.0}) + "\n")
     info = TestClient(create_app(load_runs([str(run)]))).get("/api/runs").json()[0]
-    assert info["metrics"] == {"kind": "eval", "step": 12, "neg_elbo": None, "recon": 3.0}
+    assert info["metrics"] == {"kind": "eval", "step": 8, "neg_elbo": None, "recon": 3.0}
     assert info["curves"]["loss"][-1] is None and info["curves"]["recon"][-1] is None and info["curves"]["kl"][-1] == 1.0
 
 
@@ -183,3 +185,20 @@ def test_checkpoints_load_weights_only(tmp_path, run_dirs):
         load_runs([str(run)])
     only = load_runs([str(run_dirs[1])], checkpoint=str(run_dirs[1] / "checkpoints" / "step_00000004.pt"))
     assert only[0].step == 4
+
+
+def test_the_evaluation_shown_is_the_one_of_the_checkpoints_step(tmp_path, run_dirs):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dirs[0], run)  # checkpoints at steps 4 and 8; evaluated at step 8 only
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
+    at_8 = [r for r in rows if r["kind"] == "eval" and r["step"] == 8][-1]
+    newest = TestClient(create_app(load_runs([str(run)]))).get("/api/runs").json()[0]
+    assert (newest["step"], newest["metrics"]) == (8, at_8)
+    step_4 = str(run / "checkpoints" / "step_00000004.pt")
+    info = TestClient(create_app(load_runs([str(run)], checkpoint=step_4))).get("/api/runs").json()[0]
+    assert (info["step"], info["metrics"]) == (4, None)  # not step 8's evaluation beside step 4's model
+    (run / "eval.json").write_text(json.dumps({"step": 4, "held_out": {"neg_elbo": 12.5}, "metrics": {"mig": 0.25}}))
+    info = TestClient(create_app(load_runs([str(run)], checkpoint=step_4))).get("/api/runs").json()[0]
+    assert info["metrics"] == {"kind": "eval", "step": 4, "neg_elbo": 12.5, "mig": 0.25}  # evaluate's record of step 4

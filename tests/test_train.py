@@ -234,15 +234,15 @@ def test_default_config_is_the_quick_chyvae_run():
     ({"avx512f", "amx_bf16", "amx_tile"}, True),
 ])
 def test_fast_bf16_on_the_cpu_follows_its_flags(monkeypatch, flags, fast):
-    from chyvae_ext import train as train_mod
+    from chyvae_ext import config as config_mod
 
-    monkeypatch.setattr(train_mod, "cpu_flags", lambda: flags)
-    assert train_mod.fast_bf16("cpu") is fast
+    monkeypatch.setattr(config_mod, "cpu_flags", lambda: flags)
+    assert config_mod.fast_bf16("cpu") is fast
     assert TrainConfig(device="cpu").resolved().precision == ("bf16" if fast else "fp32")
 
 
 def test_cpu_flags_reads_this_machine():
-    from chyvae_ext.train import cpu_flags
+    from chyvae_ext.config import cpu_flags
 
     flags = cpu_flags()
     assert flags is None or "fpu" in flags or any(f.startswith(("sse", "asimd", "fp")) for f in flags)

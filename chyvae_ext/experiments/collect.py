@@ -11,17 +11,15 @@ protocols and MIG, and "untrained" rows (the floor: the same models at step 0), 
 from __future__ import annotations
 
 import csv
-import json
 import statistics
 from pathlib import Path
 
-from ..runfiles import read_metrics
-from ..train import TrainConfig
+from .. import runfiles
+from ..config import TrainConfig
+from ..models.registry import MODEL_KINDS
 
-HYPER = {  # the hyperparameter each model's rows are grouped by (the plain VAE's beta is always 1)
-    "chyvae": "nu", "betavae": "beta", "factorvae": "gamma", "vae": "beta", "betatcvae": "beta",
-    "dipvae1": "lambda_od", "dipvae2": "lambda_od", "annealedvae": "c_max",
-}
+# the hyperparameter each model's rows are grouped by (the plain VAE's beta is always 1)
+HYPER = {name: kind.hyper for name, kind in MODEL_KINDS.items()}
 TABLE_COLUMNS = ("factor_vae", "factor_vae_kim_mnih", "mig", "recon", "neg_elbo")
 STATES_ANY = ("finished", "untrained", "running", "interrupted", "failed", "unknown")
 _FIRST = ["run", "model", "hyper", "value", "seed", "step", "state"]
@@ -29,11 +27,11 @@ _FIRST = ["run", "model", "hyper", "value", "seed", "step", "state"]
 
 def _run_rows(run_dir: Path) -> tuple[dict, list[dict]] | None:
     try:
-        config = json.loads((run_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        config = runfiles.read_config(run_dir)
+    except (OSError, ValueError):  # no config.json, or one that is not JSON
         return None
-    status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {}
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    status = runfiles.read_status(run_dir)
+    rows = runfiles.read_metrics(run_dir)
     model = config["model"]
     head = {
         "run": run_dir.name,
@@ -93,7 +91,7 @@ def collect_runs(
             raise ValueError(f"ROOT {r}: no such directory")
     finals, steps, configs = [], [], []
     for r in roots:
-        for run_dir in sorted(p.parent for p in r.rglob("config.json")):
+        for run_dir in sorted(p.parent for p in r.rglob(runfiles.CONFIG)):
             got = _run_rows(run_dir)
             if got is None:
                 continue
@@ -107,7 +105,7 @@ def collect_runs(
             for row in got[1]:  # every evaluation row shows what was scored at its step before
                 computed = score and row["step"] == at_step
                 row.update(score_run(run_dir, step=row["step"], compute=computed, progress=progress))
-            configs.append(TrainConfig(**json.loads((run_dir / "config.json").read_text())).resolved())
+            configs.append(TrainConfig(**runfiles.read_config(run_dir)).resolved())
             finals.append(got[0])
             steps += got[1]
     if not finals:

@@ -19,7 +19,7 @@ A grid is YAML or JSON::
       - {model: factorvae, gamma: [10, 40]}
 
 Each entry of ``runs`` is expanded over the product of its list-valued options and the seeds;
-every option is a training option (:class:`chyvae_ext.train.TrainConfig`). A run is named after
+every option is a training option (:class:`chyvae_ext.config.TrainConfig`). A run is named after
 its model, its swept options and its seed, e.g. ``chyvae-nu200-seed1``; runs are ordered seed
 by seed, so that a sweep stopped part-way has covered every setting.
 """
@@ -33,7 +33,7 @@ import os
 from pathlib import Path
 
 from .._checks import check_int
-from ..train import TrainConfig
+from ..config import TrainConfig
 
 _KNOWN = {f.name for f in dataclasses.fields(TrainConfig)} - {"out", "seed"}
 _GRID_KEYS = {

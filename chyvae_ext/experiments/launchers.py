@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import runfiles
 from .grid import LAUNCHERS, Grid, RunSpec
 
 
@@ -55,15 +56,13 @@ def require(module: str, extra: str):
 
 def run_state(run_dir: Path, steps: int) -> str:
     """finished | resumable | new, from what is on disk."""
-    status = run_dir / "status.json"
-    if status.is_file():
-        try:
-            s = json.loads(status.read_text())
-        except json.JSONDecodeError:
-            s = {}
-        if s.get("state") == "finished" and s.get("step", 0) >= steps:
-            return "finished"
-    if (run_dir / "config.json").is_file() and any((run_dir / "checkpoints").glob("step_*.pt")):
+    try:
+        s = runfiles.read_status(run_dir)
+    except json.JSONDecodeError:
+        s = {}
+    if s.get("state") == "finished" and s.get("step", 0) >= steps:
+        return "finished"
+    if runfiles.has_config(run_dir) and runfiles.Run(run_dir).checkpoints():
         return "resumable"
     return "new"
 
@@ -86,7 +85,7 @@ class Job:
 
     @property
     def log(self) -> Path:
-        return self.out / self.names[0] / "train.log"
+        return self.out / self.names[0] / runfiles.LOG
 
     def _steps(self) -> int | None:
         return self.specs[0].options.get("steps")
@@ -94,7 +93,7 @@ class Job:
     def command(self) -> list[str]:
         """The training command for the runs as they stand on disk now: ``--resume`` where every run has a
         checkpoint (so a retried or requeued job resumes), else a fresh start from the sweep's options."""
-        from ..train import TrainConfig
+        from ..config import TrainConfig
 
         steps = self._steps()
         dirs = [self.out / name for name in self.names]
@@ -105,18 +104,18 @@ class Job:
             return [*base, "--ensemble", *map(str, dirs), *(["--resume", *until] if resume else [])]
         if resume:
             return [*base, "--resume", str(dirs[0]), *until]
-        return [*base, "--config", str(dirs[0] / "sweep_options.json"), "--out", str(dirs[0])]
+        return [*base, "--config", str(dirs[0] / runfiles.SWEEP_OPTIONS), "--out", str(dirs[0])]
 
     def prepare(self) -> None:
         """The run directories, each run's options (sweep_options.json) and, in an ensemble, where its log is."""
         for spec in self.specs:
             run_dir = self.out / spec.name
             run_dir.mkdir(parents=True, exist_ok=True)
-            options = run_dir / "sweep_options.json"
+            options = run_dir / runfiles.SWEEP_OPTIONS
             if not options.is_file() or run_state(run_dir, spec.options.get("steps", 1)) == "new":
-                options.write_text(json.dumps(spec.options, indent=2))
+                runfiles.write_sweep_options(run_dir, spec.options)
         for name in self.names[1:]:
-            with open(self.out / name / "train.log", "a") as log:
+            with open(self.out / name / runfiles.LOG, "a") as log:
                 log.write(f"trained in an ensemble of {len(self.specs)}; its log: {self.log}\n")
 
     def start(self, env: dict) -> subprocess.Popen:
@@ -165,7 +164,7 @@ class Job:
         out = {}
         for name in self.names:
             try:
-                state = json.loads((self.out / name / "status.json").read_text()).get("state")
+                state = runfiles.read_status(self.out / name).get("state")
             except (OSError, json.JSONDecodeError):
                 state = None
             out[name] = state if state in ("finished", "failed", "interrupted") else by_rc

@@ -170,9 +170,10 @@ def plot_best_traversals(
     see chyvae_ext.plots)."""
     import torch
 
+    from ..build import fixed_batches, open_dataset
     from ..evaluate import load_run
     from ..plots import save_traversals
-    from ..train import Run, fixed_batches, open_dataset
+    from ..runfiles import Run
 
     best: dict[str, dict] = {}
     for r in rows:

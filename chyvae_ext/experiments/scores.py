@@ -8,7 +8,7 @@ which prunes dimensions that barely move). So ``collect`` adds, for every run wi
 - ``factor_vae_chyvae``, ``factor_vae_kim_mnih`` and ``mig_scored`` at ``scored_step`` (the last
   checkpoint), with metric seed 0. A value training already logged at that step with the same
   protocol is reused, not recomputed. Results are cached in the run's ``scores.json`` by step.
-- "untrained" rows: the run's model at step 0 (its seed and ``init``, :func:`chyvae_ext.train.initial_model`),
+- "untrained" rows: the run's model at step 0 (its seed and ``init``, :func:`chyvae_ext.build.initial_model`),
   scored the same way. Runs whose initial encoders are equal (same architecture, seed and
   initialisation: a CHyVAE and a beta-VAE of one seed) share one row. Cached in the output
   directory's ``untrained_scores.json`` by a hash of the encoder's parameters.
@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 
+from ..build import initial_model, open_dataset
+from ..config import TrainConfig
 from ..data.base import GroundTruthDataset
 from ..metrics import make_encoder, score
-from ..runfiles import read_metrics
-from ..train import Run, TrainConfig, checkpoint_step_of, initial_model, open_dataset
+from ..runfiles import SCORES, Run, checkpoint_step_of, read_metrics
 
 PROTOCOL_NAMES = ("chyvae", "kim_mnih")
 SCORE_KEYS = tuple(f"factor_vae_{p}" for p in PROTOCOL_NAMES) + ("mig_scored",)
@@ -81,7 +82,7 @@ def score_run(
     from ..evaluate import load_run
 
     ckpt = Run(run_dir).checkpoint(step)
-    cache_path = run_dir / "scores.json"
+    cache_path = run_dir / SCORES
     cache = _read_json(cache_path)
     if ckpt is None:  # nothing to score; what was scored at that step before is still shown
         return {"scored_step": step} | cache[str(step)] if step is not None and str(step) in cache else {}
@@ -95,7 +96,7 @@ def score_run(
     if dataset is None:
         return {}
     known = {}
-    for row in read_metrics(run_dir / "metrics.jsonl"):
+    for row in read_metrics(run_dir):
         if row.get("kind") == "eval" and row.get("step") == step:
             if "factor_vae" in row:
                 known[f"factor_vae_{config.metric_protocol}"] = row["factor_vae"]

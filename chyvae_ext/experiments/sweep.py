@@ -13,7 +13,7 @@ the grid; chyvae_ext.experiments.launchers): ``local`` (``grid.jobs`` at once he
 ``slurm``.
 
 With ``ensemble`` (``--ensemble``, or ``ensemble: true`` in the grid), the runs still to do that
-share their shapes and schedule (chyvae_ext.train.ENSEMBLE_SHARED) and start from the same step
+share their shapes and schedule (chyvae_ext.config.ENSEMBLE_SHARED) and start from the same step
 train together as one batched model, at most ``ensemble_size`` at a time: one process per
 ensemble (one job for any launcher), whose output goes to its first member's ``train.log`` (the
 others' logs say where). Each member still writes its own run directory, so skipping, resuming,
@@ -32,7 +32,7 @@ __all__ = ["checkpoint_step", "plan_jobs", "run_state", "sweep"]
 
 def checkpoint_step(run_dir: Path) -> int:
     """The step of a run's last checkpoint (0 without one)."""
-    from ..train import Run, checkpoint_step_of
+    from ..runfiles import Run, checkpoint_step_of
 
     last = Run(run_dir).checkpoint()
     return checkpoint_step_of(last) if last is not None else 0
@@ -45,7 +45,7 @@ def plan_jobs(grid: Grid, todo: list[tuple[RunSpec, str]]) -> list[Job]:
     if not grid.ensemble:
         groups = [[item] for item in todo]
     else:
-        from ..train import TrainConfig, ensemble_key
+        from ..config import TrainConfig, ensemble_key
 
         by_key: dict[tuple, list] = {}
         for spec, state in todo:
@@ -63,7 +63,7 @@ def sweep(grid: Grid, *, dry_run: bool = False, echo=print, launcher: str | None
 
     launcher: local, ray or slurm (default: the grid's ``launcher``); launcher_options: ray_address,
     slurm_partition, slurm_time, slurm_cluster (see chyvae_ext.experiments.launchers)."""
-    from ..train import TrainConfig
+    from ..config import TrainConfig
 
     launcher = launcher or grid.launcher
     runner = make_launcher(launcher, grid, **launcher_options)

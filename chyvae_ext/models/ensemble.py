@@ -2,8 +2,9 @@
 
 How. Every model here takes ``members=M``: its networks then hold M copies of each parameter
 stacked on a leading dimension, under the lone model's parameter names (``encoder.conv.0.weight``
-is (M, 32, C, 4, 4) where a lone model's is (32, C, 4, 4)). A convolution runs as one grouped
-convolution whose group m is member m's channels, a linear layer as one batched matrix product,
+is (M, 32, C, 4, 4) where a lone model's is (32, C, 4, 4)). The convolutions run either as one
+grouped convolution per layer whose group m is member m's channels (on a GPU) or member by member in
+the lone layout (on a CPU; :mod:`chyvae_ext.models.networks`), a linear layer as one batched matrix product,
 and the loss code is the lone model's (it reduces over the last batch dimension), so every term
 comes out per member, (M,). The CHyVAE regulariser takes all members' datapoints in one call, each
 with its member's nu (nu of shape (N,)). Explicit stacked layers rather than torch.func's vmap:
@@ -31,10 +32,12 @@ import copy
 import torch
 from torch import nn
 
-from .baselines import DIPVAE, AnnealedVAE, BetaTCVAE
-from .vae import BetaVAE, CHyVAE, FactorVAE
+from .registry import kind_of
+from .vae import BetaVAE, CHyVAE
 
 __all__ = [
+    "LoneMembers",
+    "StackedMembers",
     "load_member_optimizer_states",
     "load_member_state_dict",
     "member_optimizer_state",
@@ -48,23 +51,14 @@ __all__ = [
 def _shape_of(model: nn.Module) -> dict:
     shape = {"class": type(model).__name__, "latent_dim": model.latent_dim, "channels": model.channels,
              "hidden": model.hidden}
-    if isinstance(model, CHyVAE):
-        shape.update(num_samples=model.num_samples, learn_nu=model.learn_nu, impl=model.impl)
-    if isinstance(model, FactorVAE):
-        shape.update(disc=[tuple(p.shape) for p in model.discriminator.parameters()])
-    if isinstance(model, BetaTCVAE):
-        shape.update(dataset_size=model.dataset_size)
-    if isinstance(model, DIPVAE):
-        shape.update(kind=model.kind)
-    if isinstance(model, AnnealedVAE):
-        shape.update(c_iters=model.c_iters, iteration=int(model.iteration))
-    return shape
+    return shape | kind_of(model).shape(model)
 
 
 def stack_models(models: list[nn.Module]) -> nn.Module:
     """One ensemble holding ``models`` as its members, in order, with their parameters and
     hyperparameters (copies: the lone models are left as they are). They must be lone models of
-    one class and shape; a CHyVAE prior covariance must be the same for all."""
+    one class and shape; a CHyVAE prior covariance must be the same for all. What each kind shares
+    and stacks is its entry of the model registry (chyvae_ext.models.registry)."""
     if not models:
         raise ValueError("stack_models: models must hold at least one model, got none")
     first = models[0]
@@ -76,33 +70,12 @@ def stack_models(models: list[nn.Module]) -> nn.Module:
                 f"stack_models: models[{i}] differs in kind or shape from models[0]: "
                 f"{_shape_of(m)} vs {_shape_of(first)}"
             )
-    size = len(models)
-    common = {"latent_dim": first.latent_dim, "channels": first.channels, "hidden": first.hidden, "members": size}
-    if isinstance(first, CHyVAE):
-        prior = first.prior_cov
-        for i, m in enumerate(models):
-            same = (m.prior_cov is None and prior is None) or (
-                torch.is_tensor(prior) and torch.is_tensor(m.prior_cov) and torch.equal(m.prior_cov, prior)
-            ) or (not torch.is_tensor(prior) and m.prior_cov == prior)
-            if not same:
-                raise ValueError(f"stack_models: models[{i}] has another prior_cov than models[0]")
-        nus = [m.nu if isinstance(m.nu, float) else float(m.nu.detach()) for m in models]  # no float32 detour
-        ens = CHyVAE(**common, nu=nus, num_samples=first.num_samples, learn_nu=first.learn_nu, impl=first.impl,
-                     prior_cov=prior.detach().cpu() if torch.is_tensor(prior) else prior)
-    elif isinstance(first, FactorVAE):
-        ens = FactorVAE(**common, gamma=[m.gamma for m in models], disc_hidden=first.discriminator[0].out_features,
-                        disc_layers=(len(first.discriminator) - 1) // 2)
-    elif isinstance(first, BetaTCVAE):
-        ens = BetaTCVAE(**common, beta=[m.beta for m in models], dataset_size=first.dataset_size)
-    elif isinstance(first, DIPVAE):
-        ens = DIPVAE(**common, kind=first.kind, lambda_od=[m.lambda_od for m in models],
-                     lambda_d_factor=[m.lambda_d_factor for m in models])
-    elif isinstance(first, AnnealedVAE):
-        ens = AnnealedVAE(**common, gamma=[m.gamma for m in models], c_max=[m.c_max for m in models],
-                          c_iters=first.c_iters)
-        ens.iteration.copy_(first.iteration)
-    else:
-        ens = BetaVAE(**common, beta=[m.beta for m in models])
+    kind = kind_of(first)
+    common = {"latent_dim": first.latent_dim, "channels": first.channels, "hidden": first.hidden,
+              "members": len(models)}
+    ens = kind.cls(**common, **kind.stack(models))
+    if kind.after_stack is not None:
+        kind.after_stack(ens, first)
     lone_params = [dict(m.named_parameters()) for m in models]
     param = next(first.parameters())
     ens = ens.to(dtype=param.dtype)
@@ -231,3 +204,59 @@ def select_optimizer_members(opt: torch.optim.Optimizer, keep: list[int]) -> Non
         for k, v in state.items():
             if _is_per_member(k, v, tuple(p.shape)):
                 state[k] = v[torch.tensor(keep, device=v.device)]
+
+
+class LoneMembers:
+    """A lone model and its optimisers seen member by member: an ensemble of one, member 0.
+
+    The trainer reads and writes per-member state through this (or :class:`StackedMembers`), so a
+    lone run and an ensemble take one code path. ``optimizers`` may hold None (FactorVAE's
+    discriminator optimiser where there is none)."""
+
+    def __init__(self, model: nn.Module, optimizers: list[torch.optim.Optimizer | None]):
+        self.model, self.optimizers = model, optimizers
+
+    def state(self, m: int) -> tuple[dict, list[dict | None]]:
+        """Member m's model state dict and its optimisers' state dicts, as its lone run's."""
+        return self.model.state_dict(), [o.state_dict() if o is not None else None for o in self.optimizers]
+
+    def load(self, models: list[dict], optimizers: list[list[dict | None]]) -> None:
+        """Loads every member's state: ``models[m]``, and ``optimizers[k][m]`` for optimiser k."""
+        self.model.load_state_dict(models[0])
+        for opt, states in zip(self.optimizers, optimizers, strict=True):
+            if opt is not None:
+                opt.load_state_dict(states[0])
+
+    def select(self, keep: list[int]) -> None:
+        """Keeps the members ``keep`` (a lone model's one member stays)."""
+
+    def lone_model(self, m: int, build) -> nn.Module:
+        """Member m as a lone model: the model itself (``build`` makes an empty lone model)."""
+        return self.model
+
+
+class StackedMembers(LoneMembers):
+    """An ensemble (a model built with members=M) and its optimisers, member by member."""
+
+    def state(self, m: int) -> tuple[dict, list[dict | None]]:
+        opts = [member_optimizer_state(o, m) if o is not None else None for o in self.optimizers]
+        return member_state_dict(self.model, m), opts
+
+    def load(self, models: list[dict], optimizers: list[list[dict | None]]) -> None:
+        for m, state in enumerate(models):
+            load_member_state_dict(self.model, m, state)
+        for opt, states in zip(self.optimizers, optimizers, strict=True):
+            if opt is not None:
+                load_member_optimizer_states(opt, states)
+
+    def select(self, keep: list[int]) -> None:
+        for opt in self.optimizers:  # first: it reads the parameters' shapes
+            if opt is not None:
+                select_optimizer_members(opt, keep)
+        select_members(self.model, keep)  # the discriminator's parameters with the rest
+
+    def lone_model(self, m: int, build) -> nn.Module:
+        """Member m as a lone model (a copy, built by ``build`` and loaded with m's parameters)."""
+        model = build()
+        model.load_state_dict(member_state_dict(self.model, m))
+        return model

@@ -179,7 +179,8 @@ function buildRun(info) {
   }
   const curves = el("canvas", { class: "curves", width: "300", height: "110" });
   const legend = el("div", { class: "legend" });
-  right.append(el("h3", {}, "last evaluation"), table(info.metrics));
+  const evaluated = info.metrics ? `evaluation at step ${info.metrics.step}` : `no evaluation at step ${info.step}`;
+  right.append(el("h3", {}, evaluated), table(info.metrics));
   const panel = el("section", { class: "run", id: `run-${info.id}` },
     el("h2", {}, title),
     el("div", { class: "top" }, side, right),
