@@ -112,6 +112,21 @@ class HostReads(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
+@pytest.mark.skipif(not whole_step_compiles(), reason="this torch cannot trace autograd inside a compiled graph")
+def test_whole_step_leaves_no_process_wide_dynamo_setting_changed():
+    before = torch._dynamo.config.trace_autograd_ops
+    x = torch.rand(6, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    torch._dynamo.reset()
+    model = build("fixed-nu")
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    step = make_step(model, opt, None, batches_of(x), torch.Generator().manual_seed(3), bf16=False, compile="aot_eager")
+    assert torch._dynamo.config.trace_autograd_ops == before  # building the step changes nothing
+    for _ in range(3):  # the first eager, the others through the compiled graph, which sets it while it runs
+        step()
+        assert torch._dynamo.config.trace_autograd_ops == before
+
+
+
 @pytest.mark.parametrize("impl", ["fused", "reference"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_gpu_step_reads_nothing_back_to_the_host(name, impl, monkeypatch):
