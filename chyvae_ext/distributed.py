@@ -51,14 +51,14 @@ class _Loss(torch.nn.Module):
 
 
 class _DiscriminatorLoss(torch.nn.Module):
-    """FactorVAE's discriminator loss as a forward (its own DistributedDataParallel)."""
+    """FactorVAE's discriminator terms (loss, accuracy) as a forward (its own DistributedDataParallel)."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, z1, z2, generator):
-        return self.model.discriminator_loss(z1, z2, generator=generator)
+        return self.model.discriminator_terms(z1, z2, generator=generator)
 
 
 class Distributed:
@@ -140,10 +140,10 @@ class Distributed:
         return self._ddp(module, ignore)
 
     def wrap_discriminator_loss(self, model: torch.nn.Module):
-        """``model.discriminator_loss(z1, z2, generator=...)`` as a callable ``(z1, z2, generator)``:
-        under torchrun its discriminator's gradients averaged across processes."""
+        """``model.discriminator_terms(z1, z2, generator=...)`` (loss, accuracy) as a callable ``(z1, z2,
+        generator)``: under torchrun its discriminator's gradients averaged across processes."""
         if not self.active:
-            return lambda z1, z2, generator: model.discriminator_loss(z1, z2, generator=generator)
+            return lambda z1, z2, generator: model.discriminator_terms(z1, z2, generator=generator)
         module = _DiscriminatorLoss(model)
         ignore = [f"model.{n}" for n, _ in model.named_parameters() if not n.startswith("discriminator.")]
         return self._ddp(module, ignore)

@@ -122,9 +122,8 @@ def save_curves(metrics_path: Path, out: Path) -> None:
     rows = [r for r in read_metrics(metrics_path) if r.get("kind") == "train"]
     if not rows:
         return
-    keys = [
-        k for k in ("loss", "neg_elbo", "recon", "kl", "regularizer", "tc", "disc_loss", "steps_per_s") if k in rows[0]
-    ]
+    curve_keys = ("loss", "neg_elbo", "recon", "kl", "regularizer", "tc", "disc_loss", "disc_accuracy", "steps_per_s")
+    keys = [k for k in curve_keys if k in rows[0]]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
     steps = [r["step"] for r in rows]
     for ax, k in zip(axes[0], keys, strict=True):

@@ -152,19 +152,22 @@ def _whole_graph_step(whole, loss, opt, next_batch, noise_for, *, cudagraphs: bo
     return whole_graph_step
 
 
-def _discriminator_update(disc_loss, opt_d, noise_gen):
-    """FactorVAE's discriminator step on the first batch's codes and a second batch's, permuted."""
+def _discriminator_update(disc_terms, opt_d, noise_gen):
+    """FactorVAE's discriminator step (Kim & Mnih 2018, Algorithm 2): D tells the first batch's codes
+    (label 0) from a second, independent batch's codes permuted dimension by dimension (label 1); the
+    codes are detached; its own optimiser. Adds its loss and accuracy to the step's terms."""
 
     def discriminator_update(out: dict, loss, next_batch, noise_for) -> None:
         x2 = next_batch()
         noise2 = noise_for(x2)
         with torch.no_grad():
             z2 = loss(x2, noise2)["z"]
-        d_loss = disc_loss(out["z"].float(), z2.float(), noise_gen)
-        opt_d.zero_grad(set_to_none=True)
+        d_loss, d_accuracy = disc_terms(out["z"].float(), z2.float(), noise_gen)
+        opt_d.zero_grad(set_to_none=True)  # the VAE's backward left gamma * TC's gradients on D: not D's to take
         d_loss.sum().backward()
         opt_d.step()
         out["disc_loss"] = d_loss
+        out["disc_accuracy"] = d_accuracy
 
     return discriminator_update
 

@@ -230,10 +230,21 @@ class FactorVAE(BetaVAE):
     def discriminator_loss(self, z: torch.Tensor, z_other: torch.Tensor, generator: Generators = None) -> torch.Tensor:
         """Cross-entropy of D on z (label 0) against permute_dims(z_other) (label 1); z's are detached.
         One value per member for an ensemble."""
+        return self.discriminator_terms(z, z_other, generator)[0]
+
+    def discriminator_terms(
+        self, z: torch.Tensor, z_other: torch.Tensor, generator: Generators = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(discriminator_loss, D's accuracy): the fraction of z classed 0 (drawn from q(z)) and of
+        permute_dims(z_other) classed 1 (from the product of its marginals), averaged over the two; 0.5
+        is chance, near 1 an adversary that tells them apart. One value each per member for an ensemble."""
         real = self.discriminator(z.detach())
         fake = self.discriminator(permute_dims(z_other.detach(), generator))
         log_softmax = nn.functional.log_softmax
-        return -0.5 * (log_softmax(real, -1)[..., 0].mean(-1) + log_softmax(fake, -1)[..., 1].mean(-1))
+        loss = -0.5 * (log_softmax(real, -1)[..., 0].mean(-1) + log_softmax(fake, -1)[..., 1].mean(-1))
+        with torch.no_grad():
+            hits = (real[..., 0] >= real[..., 1]).float().mean(-1) + (fake[..., 1] > fake[..., 0]).float().mean(-1)
+        return loss, 0.5 * hits
 
 
 class CHyVAE(_Base):
