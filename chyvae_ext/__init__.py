@@ -30,7 +30,7 @@ from ._loader import load_extension  # noqa: E402
 _C = load_extension()
 
 from ._validate import PriorCov  # noqa: E402
-from .ops import chyvae_regularizer, fused_available  # noqa: E402
+from .ops import chyvae_regularizer, fused_available, jittered_cholesky  # noqa: E402
 from .reference import chyvae_regularizer_ref  # noqa: E402
 
 
@@ -50,5 +50,6 @@ __all__ = [
     "chyvae_regularizer",
     "chyvae_regularizer_ref",
     "fused_available",
+    "jittered_cholesky",
     "__version__",
 ]

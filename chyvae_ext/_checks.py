@@ -21,3 +21,12 @@ def check_positive(name: str, value: object) -> float:
     if not real or not np.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
+
+
+def check_non_negative(name: str, value: object) -> float:
+    """``value`` as a float when it is a finite real number >= 0 (not bool); otherwise a ValueError that
+    names the argument and what it got."""
+    real = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    if not real or not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)

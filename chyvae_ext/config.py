@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import runfiles
-from ._checks import check_int
+from ._checks import check_int, check_non_negative
 from .metrics import METRICS, PROTOCOLS, parse_metrics
 from .models.networks import INITS
 from .models.registry import MODEL_KINDS
@@ -42,6 +42,7 @@ class TrainConfig:
     nu: float = 200.0
     learn_nu: bool = False
     num_samples: int = 1
+    posterior_jitter: float = 0.0  # chyvae: C = L L^T + EPS * I (the original code's floor: 1e-4); 0: C = L L^T
     beta: float | None = None  # betavae, betatcvae: default 4; vae: 1 (and only 1)
     gamma: float | None = None  # factorvae: TC weight, default 10; annealedvae: |KL - C| weight, default 1000
     lambda_od: float = 10.0  # dipvae1, dipvae2: the off-diagonal weight
@@ -156,6 +157,10 @@ def check_config(c: TrainConfig) -> None:
     if c.model == "vae" and c.beta not in (None, 1.0):
         raise ValueError(f"--model vae is the plain VAE (beta = 1); --beta {c.beta} applies to "
                          f"{' and '.join(BETA_MODELS)}")
+    check_non_negative("--posterior-jitter", c.posterior_jitter)
+    if c.posterior_jitter and c.model != "chyvae":
+        raise ValueError(f"--posterior-jitter is CHyVAE's posterior floor; --model {c.model} has no full "
+                         f"posterior covariance (got --posterior-jitter {c.posterior_jitter})")
     if c.model == "chyvae" and c.nu <= c.z_dim - 1:
         raise ValueError(f"--nu must be greater than z_dim - 1 = {c.z_dim - 1} for CHyVAE, got {c.nu}")
     if c.precision not in ("fp32", "bf16"):
@@ -200,7 +205,7 @@ def load_config_file(path: str) -> dict:
 
 ENSEMBLE_SHARED = (
     "model", "dataset", "data_root", "dataset_size", "include_shape", "z_dim", "hidden", "learn_nu", "num_samples",
-    "c_iters",
+    "posterior_jitter", "c_iters",
     "steps", "batch_size", "lr", "device", "precision", "impl", "log_every", "eval_every", "metrics",
     "metric_protocol", "ckpt_every", "keep_checkpoints", "compile",
 )  # what an ensemble's members must share; each has its own seed, out and hyperparameters (nu, beta, gamma, ...)
@@ -276,6 +281,10 @@ def _add_model_options(parser: argparse.ArgumentParser, d: TrainConfig) -> None:
     parser.add_argument("--nu", type=float, help=f"CHyVAE inverse-Wishart degrees of freedom (default {d.nu})")
     parser.add_argument("--learn-nu", dest="learn_nu", action="store_true", default=None)
     parser.add_argument("--num-samples", dest="num_samples", type=int, help="K samples for the regulariser")
+    parser.add_argument("--posterior-jitter", dest="posterior_jitter", type=float, nargs="?", const=1e-4,
+                        metavar="EPS", help="CHyVAE: the posterior covariance is L L^T + EPS * I, the original "
+                        "code's floor (EPS 1e-4 when the flag is given alone); default 0: L L^T, floored in L's "
+                        "diagonal")
     parser.add_argument("--beta", type=float, help="beta-VAE's KL weight, beta-TCVAE's TC weight (default 4)")
     parser.add_argument("--gamma", type=float,
                         help="FactorVAE's TC weight (default 10); AnnealedVAE's |KL - C| weight (default 1000)")

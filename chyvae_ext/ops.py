@@ -7,6 +7,7 @@ import warnings
 import torch
 
 from . import _C, _arch, _build_config
+from ._checks import check_non_negative
 from ._validate import check_impl, check_regularizer_inputs
 from .reference import regularizer_from_checked
 
@@ -77,6 +78,24 @@ def _arch_supported(index: int) -> bool:
 _SUPPORTED: dict[int, bool] = {}
 
 
+def jittered_cholesky(L: torch.Tensor, jitter: float) -> torch.Tensor:
+    """The Cholesky factor of ``L L^T + jitter * I``: the original code's posterior floor (SPEC 1).
+
+    L: (..., d, d), its lower triangle read. The product and its factorisation run in float64 (a
+    jitter of 1e-4 beside entries of 30 is below float32's resolution) and the factor comes back in
+    L's dtype, differentiable; cholesky_ex, so nothing is read back to the host. ``jitter = 0`` gives
+    ``tril(L)`` (its diagonal is positive) unchanged.
+    """
+    jitter = check_non_negative("posterior_jitter", jitter)
+    L = torch.tril(L)
+    if jitter == 0:
+        return L
+    L64 = L.double()
+    eye = torch.eye(L.shape[-1], dtype=torch.float64, device=L.device)
+    factor, _ = torch.linalg.cholesky_ex(L64 @ L64.mT + jitter * eye)
+    return factor.to(L.dtype)
+
+
 def chyvae_regularizer(
     mu: torch.Tensor,
     L: torch.Tensor,
@@ -86,6 +105,7 @@ def chyvae_regularizer(
     *,
     constants: bool = True,
     impl: str = "auto",
+    posterior_jitter: float = 0.0,
 ) -> torch.Tensor:
     """The CHyVAE regulariser R of SPEC 1.1, one value per datapoint: ELBO = E[log p(x|z)] + R.
 
@@ -105,10 +125,16 @@ def chyvae_regularizer(
         constants: include c(nu, Psi, d, K), making R an exact ELBO term.
         impl: "fused" (compiled kernels, no per-datapoint factorisation), "reference" (pure
             PyTorch, SPEC 1.2) or "auto" (fused when compiled for the inputs' device).
+        posterior_jitter: EPS >= 0; the posterior covariance is ``L L^T + EPS * I`` (the original
+            code's floor, EPS = 1e-4), handed to the kernels as its Cholesky factor
+            (:func:`jittered_cholesky`). 0 (the default): C = L L^T.
 
     Returns:
         (N,) tensor in the inputs' dtype (float16/bfloat16 are computed in float32).
     """
+    if posterior_jitter != 0:
+        check_regularizer_inputs(mu, L, z, nu, prior_cov)  # names a wrong L before it is factorised
+        L = jittered_cholesky(L, posterior_jitter)
     if not torch.compiler.is_compiling():
         # The common eager call is checked and run in C++ (python/module.cpp); None means the call
         # is outside it (or wrong), and the checks below take over and name what is wrong.

@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from ._checks import check_non_negative
 from ._validate import RegularizerInputs, check_regularizer_inputs
 
 
@@ -28,8 +29,11 @@ def multivariate_lgamma(a: torch.Tensor, d: int) -> torch.Tensor:
     return torch.lgamma(a.unsqueeze(-1) - offsets).sum(-1) + d * (d - 1) / 4 * math.log(math.pi)
 
 
-def regularizer_from_checked(inp: RegularizerInputs, constants: bool) -> torch.Tensor:
-    """R of SPEC 1.1 for validated inputs, in the compute dtype. Reads nothing back to the host."""
+def regularizer_from_checked(inp: RegularizerInputs, constants: bool, jitter: float = 0.0) -> torch.Tensor:
+    """R of SPEC 1.1 for validated inputs, in the compute dtype. Reads nothing back to the host.
+
+    jitter: the posterior covariance is C = L L^T + jitter * I, formed and factorised as written
+    (the original code's floor when 1e-4)."""
     mu = inp.mu
     z = inp.z if inp.z.dim() == 3 else inp.z.unsqueeze(1)
     n, k, d = z.shape
@@ -52,9 +56,14 @@ def regularizer_from_checked(inp: RegularizerInputs, constants: bool) -> torch.T
     psi_post = psi + zm @ zm.mT  # Psi' = Psi + Z Z^T
     chol_post, _ = torch.linalg.cholesky_ex(psi_post)
     logdet_post = 2 * torch.log(torch.diagonal(chol_post, dim1=-2, dim2=-1)).sum(-1)
-    m = L @ L.mT + mu[:, :, None] * mu[:, None, :] + psi  # C + mu mu^T + Psi
+    cov = L @ L.mT
+    if jitter:
+        cov = cov + jitter * torch.eye(d, dtype=mu.dtype, device=mu.device)
+        logdet_c = 2 * torch.log(torch.diagonal(torch.linalg.cholesky_ex(cov)[0], dim1=-2, dim2=-1)).sum(-1)
+    else:
+        logdet_c = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
+    m = cov + mu[:, :, None] * mu[:, None, :] + psi  # C + mu mu^T + Psi
     trace = torch.cholesky_solve(m, chol_post).diagonal(dim1=-2, dim2=-1).sum(-1)
-    logdet_c = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
     nu_post = nu + k
     r = -(nu + 1) / 2 * logdet_post - nu_post / 2 * trace + 0.5 * logdet_c
     if constants:
@@ -80,13 +89,16 @@ def chyvae_regularizer_ref(
     prior_cov: float | torch.Tensor | None = None,
     *,
     constants: bool = True,
+    posterior_jitter: float = 0.0,
 ) -> torch.Tensor:
     """Reference CHyVAE regulariser R (SPEC 1.1), one value per datapoint.
 
     Same arguments and result as :func:`chyvae_ext.chyvae_regularizer`: ``mu`` (N, d), ``L`` (N, d, d)
     (lower triangle read), ``z`` (N, d) or (N, K, d), ``nu`` > d - 1 (a number, a 0-d tensor or one
-    value per datapoint, (N,)), ``prior_cov`` None, a positive
-    float or an SPD (d, d) tensor. Forms Psi' and factorises it per datapoint. Returns (N,).
+    value per datapoint, (N,)), ``prior_cov`` None, a positive float or an SPD (d, d) tensor,
+    ``posterior_jitter`` EPS >= 0 (C = L L^T + EPS * I, formed as written, as the original code
+    does). Forms Psi' and factorises it per datapoint. Returns (N,).
     """
+    jitter = check_non_negative("posterior_jitter", posterior_jitter)
     inp = check_regularizer_inputs(mu, L, z, nu, prior_cov)
-    return regularizer_from_checked(inp, constants).to(inp.out_dtype)
+    return regularizer_from_checked(inp, constants, jitter).to(inp.out_dtype)

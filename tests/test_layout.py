@@ -82,7 +82,20 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_a_run_written_by_0_1_0_resumes_bit_for_bit(tmp_path, capsys, one_thread):
+def close(a, b, rtol=1e-6):
+    """Equal within rtol, number by number, in nested rows: the fixture is replayed bit for bit on
+    the CPU that wrote it (an Intel Xeon); another CPU's float32 kernels may differ in the last digit
+    (on an AMD EPYC: one held-out term, 8e-8 relative, in the first session that checked)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(close(a[k], b[k], rtol) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(close(x, y, rtol) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= rtol * max(abs(b), 1e-12)
+    return a == b
+
+
+def test_a_run_written_by_0_1_0_resumes_to_its_numbers(tmp_path, capsys, one_thread):
     run = tmp_path / "run"
     shutil.copytree(FIXTURE, run, ignore=shutil.ignore_patterns("expected.json"))
     expected = json.loads((FIXTURE / "expected.json").read_text())
@@ -90,11 +103,14 @@ def test_a_run_written_by_0_1_0_resumes_bit_for_bit(tmp_path, capsys, one_thread
     assert "finished 4 steps" in capsys.readouterr().out
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     after = [{k: v for k, v in r.items() if k not in ("steps_per_s", "time")} for r in rows if r["step"] > 2]
-    assert after == expected["rows_after_step_2"]  # the losses to the last digit
+    assert close(after, expected["rows_after_step_2"])  # the losses, to float32's last digits
     state = torch.load(Run(run).checkpoint(4), weights_only=False)
     sums = {k: float(v.double().sum()) for k, v in state["model"].items()}
-    assert sums == expected["parameter_sums_at_step_4"]
+    assert close(sums, expected["parameter_sums_at_step_4"])
     old_keys = list(json.loads((FIXTURE / "config.json").read_text()))
-    assert list(json.loads((run / "config.json").read_text())) == old_keys  # config.json's keys, in their order
+    new_keys = list(json.loads((run / "config.json").read_text()))
+    assert [k for k in new_keys if k in old_keys] == old_keys  # config.json's keys, in their order
+    assert set(new_keys) - set(old_keys) == {"posterior_jitter"}  # and those added since, at their defaults
+    assert json.loads((run / "config.json").read_text())["posterior_jitter"] == 0.0
     assert set(state) == {"model", "opt", "opt_d", "data_gen", "noise_gen", "torch_rng", "step", "config", "channels",
                           "world_size"}  # the checkpoint's format: 0.1.0's keys

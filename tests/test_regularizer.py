@@ -1,6 +1,7 @@
 """The fused regulariser against the reference, scipy, finite differences and opcheck."""
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -187,16 +188,19 @@ def test_multivariate_digamma_against_scipy():
         assert math.isclose(float(got), expected, rel_tol=1e-12)
 
 
-def test_closed_form_against_monte_carlo_with_scipy_densities():
-    """R equals E[log p(z|S) + log p(S) - log q(z|x) - log q(S|Z)], sampled with scipy.stats."""
+@pytest.mark.parametrize(("impl", "jitter"), [("auto", 0.0), ("fused", 0.5), ("reference", 0.5)])
+def test_closed_form_against_monte_carlo_with_scipy_densities(impl, jitter):
+    """R equals E[log p(z|S) + log p(S) - log q(z|x) - log q(S|Z)], sampled with scipy.stats; with a
+    posterior jitter, q(z|x) = N(mu, L L^T + jitter * I) (a jitter large enough to move R by nats)."""
     d, k, nu = 3, 2, 7.0
     mu, L, z = make_inputs(1, d, k, seed=8, diag_floor=0.3)
     cov0 = random_spd(d, seed=3)
-    r = float(chyvae_regularizer(mu, L, z, nu, cov0)[0])
+    call = chyvae_regularizer_ref if impl == "reference" else partial(chyvae_regularizer, impl=impl)
+    r = float(call(mu, L, z, nu, cov0, posterior_jitter=jitter)[0])
     psi = max(nu - d - 1, 1) * cov0.numpy()
     zm = z[0].numpy().T
     psi_post, nu_post = psi + zm @ zm.T, nu + k
-    c = (L[0] @ L[0].T).numpy()
+    c = (L[0] @ L[0].T).numpy() + jitter * np.eye(d)
     rng = np.random.default_rng(0)
     n = 40000
     sigmas = scipy.stats.invwishart(df=nu_post, scale=psi_post).rvs(size=n, random_state=rng)
@@ -211,6 +215,8 @@ def test_closed_form_against_monte_carlo_with_scipy_densities():
     estimate, stderr = samples.mean(), samples.std() / math.sqrt(n)
     assert stderr < 0.08  # resolves a mistake of a third of a nat; c alone is 29 nats here
     assert abs(estimate - r) < 4 * stderr, (estimate, r, stderr)
+    if jitter:  # the jitter matters here: R without it is far from this estimate
+        assert abs(estimate - float(chyvae_regularizer_ref(mu, L, z, nu, cov0)[0])) > 20 * stderr
 
 
 @pytest.mark.parametrize("impl", ["fused", "reference"])

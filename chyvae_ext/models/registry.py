@@ -82,6 +82,7 @@ def _chyvae_stack(models: list[CHyVAE]) -> dict:
             raise ValueError(f"stack_models: models[{i}] has another prior_cov than models[0]")
     nus = [m.nu if isinstance(m.nu, float) else float(m.nu.detach()) for m in models]  # no float32 detour
     return {"nu": nus, "num_samples": first.num_samples, "learn_nu": first.learn_nu, "impl": first.impl,
+            "posterior_jitter": first.posterior_jitter,
             "prior_cov": prior.detach().cpu() if torch.is_tensor(prior) else prior}
 
 
@@ -91,8 +92,10 @@ def _copy_iteration(ensemble: AnnealedVAE, first: AnnealedVAE) -> None:
 
 register(ModelKind(
     "chyvae", CHyVAE, "nu",
-    options=lambda c: {"nu": c.nu, "learn_nu": c.learn_nu, "num_samples": c.num_samples, "impl": c.impl},
-    shape=lambda m: {"num_samples": m.num_samples, "learn_nu": m.learn_nu, "impl": m.impl},
+    options=lambda c: {"nu": c.nu, "learn_nu": c.learn_nu, "num_samples": c.num_samples, "impl": c.impl,
+                       "posterior_jitter": c.posterior_jitter},
+    shape=lambda m: {"num_samples": m.num_samples, "learn_nu": m.learn_nu, "impl": m.impl,
+                     "posterior_jitter": m.posterior_jitter},
     stack=_chyvae_stack,
 ))
 register(ModelKind(

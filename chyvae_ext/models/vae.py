@@ -20,8 +20,9 @@ import numbers
 import torch
 from torch import nn
 
+from .._checks import check_non_negative
 from .._validate import PriorCov
-from ..ops import chyvae_regularizer
+from ..ops import chyvae_regularizer, jittered_cholesky
 from .networks import Decoder, Encoder, StackedLinear, reconstruction_error
 
 Noise = tuple[torch.Tensor, ...]
@@ -253,6 +254,9 @@ class CHyVAE(_Base):
     The encoder emits mu and a raw d x d matrix A; L = tril(A) with diagonal softplus(A_ii) + 1e-4.
     The decoder sees one sample; the regulariser's K samples are drawn independently of it.
     ``learn_nu`` makes nu a parameter, kept above d - 1 as d - 1 + 1e-3 + softplus(raw).
+    ``posterior_jitter`` EPS > 0 makes the posterior covariance L L^T + EPS * I (the original code's
+    floor, EPS = 1e-4): :meth:`posterior` returns its Cholesky factor, which the sampler and the
+    regulariser use; 0 (the default) keeps C = L L^T, its floor in L's diagonal.
     """
 
     def __init__(
@@ -266,10 +270,12 @@ class CHyVAE(_Base):
         num_samples: int = 1,
         learn_nu: bool = False,
         impl: str = "auto",
+        posterior_jitter: float = 0.0,
         members: int | None = None,
     ):
         super().__init__(latent_dim, channels, hidden, latent_dim + latent_dim * latent_dim, members)
         nu = _hyper("nu", nu, members, minimum=latent_dim - 1)
+        self.posterior_jitter = check_non_negative("posterior_jitter", posterior_jitter)
         _check_positive("num_samples", num_samples, integer=True)
         self.num_samples, self.impl, self.learn_nu = num_samples, impl, bool(learn_nu)
         self._nu_floor = latent_dim - 1 + 1e-3  # strictly above d - 1 even in float32
@@ -336,11 +342,13 @@ class CHyVAE(_Base):
         return PriorCov.trusted(self.prior_cov, self.prior_prec, self._prior_logdet)
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(z|x) as (mu, L): its mean and the Cholesky factor of its covariance (with the jitter in it)."""
         d = self.latent_dim
         h = _full_precision(self.encoder(x))
         mu, a = h[..., :d], h[..., d:].reshape(*h.shape[:-1], d, d)
         diag = nn.functional.softplus(torch.diagonal(a, dim1=-2, dim2=-1)) + 1e-4
-        return mu, torch.tril(a, -1) + torch.diag_embed(diag)
+        L = torch.tril(a, -1) + torch.diag_embed(diag)
+        return mu, jittered_cholesky(L, self.posterior_jitter) if self.posterior_jitter else L
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.posterior(x)[0]
