@@ -263,3 +263,50 @@ def test_by_step_draws_steps_only_some_seeds_reached_with_open_markers(tmp_path,
     assert list(open_marks.get_xdata()) == [3.0] and list(open_marks.get_ydata()) == pytest.approx([0.9])
     assert open_marks.get_markerfacecolor() == "white"
     assert "open: fewer seeds so far" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_metric_seeds_score_each_seed_and_their_mean_and_sd(runs, tmp_path):
+    import statistics
+
+    _, rows = collect_runs(runs, tmp_path, metric_seeds=3)
+    by_run = {r["run"]: r for r in rows}
+    ds = get_dataset("correlated_ellipses")
+    row = by_run["chyvae-seed0"]
+    encode = encoder_of(runs / "chyvae-seed0")
+    for protocol in ("chyvae", "kim_mnih"):
+        key = f"factor_vae_{protocol}"
+        values = [row[key], row[f"{key}_s1"], row[f"{key}_s2"]]
+        for seed in (1, 2):
+            assert values[seed] == factor_vae_score(encode, ds, protocol=protocol, seed=seed)["eval_accuracy"]
+        assert row[f"{key}_mean"] == pytest.approx(statistics.fmean(values), rel=1e-12)
+        assert row[f"{key}_sd"] == pytest.approx(statistics.stdev(values), rel=1e-12)
+    assert row["mig_scored_s2"] == mig(encode, ds, num_train=300, seed=2)["mig"]
+    floor = [r for r in rows if r["model"] == "untrained"]
+    assert floor and all("factor_vae_kim_mnih_s2" in r and "factor_vae_chyvae_mean" in r for r in floor)
+    cached = json.loads((runs / "chyvae-seed0" / "scores.json").read_text())["6"]
+    assert "factor_vae_chyvae_s2" in cached and "factor_vae_chyvae_mean" not in cached  # means are derived
+
+
+def test_metric_seeds_add_only_the_missing_seeds_to_the_cache(runs, tmp_path, monkeypatch):
+    collect_runs(runs, tmp_path)  # seed 0 cached
+    seeds = []
+    real = scores_mod.score
+
+    def recording(*args, seed, **kwargs):
+        seeds.append(seed)
+        return real(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(scores_mod, "score", recording)
+    collect_runs(runs, tmp_path, metric_seeds=2)
+    assert seeds and 0 not in seeds  # seed 0 came from the cache; only seed 1 was scored (or was cached)
+    seeds.clear()
+    collect_runs(runs, tmp_path, metric_seeds=2)
+    assert seeds == []
+
+
+def test_collect_cli_metric_seeds_prints_the_means_and_names_a_bad_count(runs, tmp_path, capsys):
+    assert main(["collect", str(runs), "--out", str(tmp_path), "--metric-seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "factor_vae_chyvae_mean (mean +- std)" in out and "factor_vae_kim_mnih_mean (mean +- std)" in out
+    assert main(["collect", str(runs), "--out", str(tmp_path), "--metric-seeds", "0"]) == 2
+    assert "--metric-seeds must be a positive integer, got 0" in capsys.readouterr().err

@@ -8,13 +8,14 @@ sweep --grid FILE [--dry-run] [--ensemble [--ensemble-size N]] [--set KEY=VALUE 
                                  --set data_root=PATH), over what the grid file says;
                                  --launcher: on this machine (default), a Ray cluster or SLURM
                                  (chyvae_ext.experiments.launchers)
-collect ROOT [ROOT ...] [--out DIR] [--no-score] [--at-step S]
+collect ROOT [ROOT ...] [--out DIR] [--no-score] [--at-step S] [--metric-seeds S]
                                  results.csv and results_by_step.csv from every run under ROOT, with
                                  every run's last checkpoint scored under both FactorVAE protocols and
                                  MIG and the untrained floor (minutes per run, cached; --no-score
                                  computes none and shows the cached ones);
                                  --at-step S: the table of every run's evaluation at step S, scored
-                                 from the checkpoint training keeps there
+                                 from the checkpoint training keeps there; --metric-seeds S: every
+                                 score under metric seeds 0 .. S-1, the table showing their means
 plot CSV [--out DIR] [--at-step S] [--runs ROOT]
                                  tradeoff.png, by_step.png, time.png from collect's CSVs (the trade-off
                                  at step S with --at-step); --runs: each model's best run's traversals
@@ -27,7 +28,16 @@ import dataclasses
 import sys
 
 from .._checks import check_int
-from .collect import STATES_ANY, TABLE_COLUMNS, collect_runs, markdown_table, read_csv, rows_at_step, summarise
+from .collect import (
+    SEED_MEAN_COLUMNS,
+    STATES_ANY,
+    TABLE_COLUMNS,
+    collect_runs,
+    markdown_table,
+    read_csv,
+    rows_at_step,
+    summarise,
+)
 from .grid import LAUNCHERS, load_grid
 from .plot import plot_all
 from .sweep import sweep
@@ -81,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="compute no second opinion or floor (those already cached are shown)")
     p.add_argument("--at-step", dest="at_step", type=int,
                    help="print the table at this evaluation step (runs still going included)")
+    p.add_argument("--metric-seeds", dest="metric_seeds", type=int, default=1, metavar="S",
+                   help="score each checkpoint under metric seeds 0 .. S-1 and show their means (default 1)")
     p = sub.add_parser("plot", help="draw the figures")
     p.add_argument("csv", metavar="CSV")
     p.add_argument("--out", help="directory for the figures (default: the CSV's)")
@@ -110,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.at_step is not None:
                 check_int("--at-step", args.at_step)
             progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.score else None
-            path, rows = collect_runs(args.root, args.out, score=args.score, at_step=args.at_step, progress=progress)
-            columns = TABLE_COLUMNS
+            check_int("--metric-seeds", args.metric_seeds, 1)
+            path, rows = collect_runs(args.root, args.out, score=args.score, at_step=args.at_step, progress=progress,
+                                      metric_seeds=args.metric_seeds)
+            columns = TABLE_COLUMNS if args.metric_seeds == 1 else SEED_MEAN_COLUMNS
             if args.at_step is None:
                 print(markdown_table(summarise(rows, columns), columns))
             else:

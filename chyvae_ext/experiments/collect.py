@@ -15,12 +15,15 @@ import statistics
 from pathlib import Path
 
 from .. import runfiles
+from .._checks import check_int
 from ..config import TrainConfig
 from ..models.registry import MODEL_KINDS
 
 # the hyperparameter each model's rows are grouped by (the plain VAE's beta is always 1)
 HYPER = {name: kind.hyper for name, kind in MODEL_KINDS.items()}
 TABLE_COLUMNS = ("factor_vae", "factor_vae_kim_mnih", "mig", "recon", "neg_elbo")
+# with several metric seeds: each score's mean over them
+SEED_MEAN_COLUMNS = ("factor_vae_chyvae_mean", "factor_vae_kim_mnih_mean", "mig_scored_mean", "recon", "neg_elbo")
 STATES_ANY = ("finished", "untrained", "running", "interrupted", "failed", "unknown")
 _FIRST = ["run", "model", "hyper", "value", "seed", "step", "state"]
 
@@ -70,6 +73,7 @@ def collect_runs(
     score: bool = True,
     at_step: int | None = None,
     progress=None,
+    metric_seeds: int = 1,
 ) -> tuple[Path, list[dict]]:
     """Write ``results.csv`` and ``results_by_step.csv`` (in ``out``, default the first root); returns (csv path, rows).
 
@@ -81,10 +85,13 @@ def collect_runs(
     computed where ``score`` (minutes per run on a CPU, cached), else only those already cached. Every
     other evaluation row shows the second opinions cached at its step, so that collecting at one step
     keeps in ``results_by_step.csv`` what an earlier ``at_step`` scored.
-    ``progress`` receives a line as each score starts and ends.
+    ``progress`` receives a line as each score starts and ends. ``metric_seeds`` S > 1 scores each
+    checkpoint (and floor) under metric seeds 0 .. S-1 and adds their means and standard deviations
+    (``factor_vae_chyvae_mean``, ``..._sd``: :mod:`chyvae_ext.experiments.scores`).
     """
     from .scores import score_run, untrained_rows
 
+    seeds = tuple(range(check_int("metric_seeds", metric_seeds, 1)))
     roots = [Path(r) for r in root] if isinstance(root, list | tuple) else [Path(root)]
     for r in roots:
         if not r.is_dir():
@@ -101,10 +108,11 @@ def collect_runs(
             # A run whose checkpoints are gone (a fresh clone: they are not in git) still shows the
             # scores cached at that step, and its configuration still gives the untrained floor.
             if at_step is None:
-                got[0].update(score_run(run_dir, compute=score, progress=progress))
+                got[0].update(score_run(run_dir, compute=score, progress=progress, metric_seeds=seeds))
             for row in got[1]:  # every evaluation row shows what was scored at its step before
                 computed = score and row["step"] == at_step
-                row.update(score_run(run_dir, step=row["step"], compute=computed, progress=progress))
+                row.update(score_run(run_dir, step=row["step"], compute=computed, progress=progress,
+                                     metric_seeds=seeds))
             configs.append(TrainConfig(**runfiles.read_config(run_dir)).resolved())
             finals.append(got[0])
             steps += got[1]
@@ -122,7 +130,8 @@ def collect_runs(
         seen[key] = row["run"]
     out = Path(out) if out is not None else roots[0]
     out.mkdir(parents=True, exist_ok=True)
-    finals += untrained_rows(configs, out / "untrained_scores.json", compute=score, progress=progress)
+    finals += untrained_rows(configs, out / "untrained_scores.json", compute=score, progress=progress,
+                             metric_seeds=seeds)
     _write_csv(out / "results.csv", finals)
     _write_csv(out / "results_by_step.csv", steps)
     return out / "results.csv", finals

@@ -8,6 +8,9 @@ which prunes dimensions that barely move). So ``collect`` adds, for every run wi
 - ``factor_vae_chyvae``, ``factor_vae_kim_mnih`` and ``mig_scored`` at ``scored_step`` (the last
   checkpoint), with metric seed 0. A value training already logged at that step with the same
   protocol is reused, not recomputed. Results are cached in the run's ``scores.json`` by step.
+- with ``metric_seeds`` S > 1, the same scores under metric seeds 1 .. S-1 as well (``<key>_s1``, ...:
+  the metric's own draws of factors, images and votes), and their mean and sample standard deviation
+  over the S seeds, ``<key>_mean`` and ``<key>_sd`` (the metric's own noise, apart from training's).
 - "untrained" rows: the run's model at step 0 (its seed and ``init``, :func:`chyvae_ext.build.initial_model`),
   scored the same way. Runs whose initial encoders are equal (same architecture, seed and
   initialisation: a CHyVAE and a beta-VAE of one seed) share one row. Cached in the output
@@ -36,6 +39,32 @@ PROTOCOL_NAMES = ("chyvae", "kim_mnih")
 SCORE_KEYS = tuple(f"factor_vae_{p}" for p in PROTOCOL_NAMES) + ("mig_scored",)
 
 
+def seed_key(key: str, seed: int) -> str:
+    """The cache's name of score ``key`` under metric seed ``seed`` (seed 0: the key itself)."""
+    return key if seed == 0 else f"{key}_s{seed}"
+
+
+def _is_score(key: str) -> bool:
+    return any(key == k or (key.startswith(k + "_s") and key[len(k) + 2:].isdigit()) for k in SCORE_KEYS)
+
+
+def _wanted(metric_seeds: tuple[int, ...]) -> list[str]:
+    return [seed_key(k, s) for s in metric_seeds for k in SCORE_KEYS]
+
+
+def with_seed_means(scores: dict, metric_seeds: tuple[int, ...]) -> dict:
+    """``scores`` with ``<key>_mean`` and ``<key>_sd`` (sample standard deviation) over the metric seeds
+    among ``metric_seeds`` that it holds, where it holds two or more."""
+    out = dict(scores)
+    for key in SCORE_KEYS:
+        values = [scores[seed_key(key, s)] for s in metric_seeds if seed_key(key, s) in scores]
+        if len(values) > 1:
+            mean = sum(values) / len(values)
+            out[f"{key}_mean"] = mean
+            out[f"{key}_sd"] = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return out
+
+
 def _dataset(config: TrainConfig) -> GroundTruthDataset | None:
     """The run's metric dataset (the generator, also for a fixed set), None without ground-truth factors."""
     ds = open_dataset(config, fixed=False)
@@ -43,17 +72,20 @@ def _dataset(config: TrainConfig) -> GroundTruthDataset | None:
 
 
 def score_encoder(model: torch.nn.Module, dataset: GroundTruthDataset, *, precision: str, known: dict,
-                  progress: Callable[[str], None] | None = None) -> dict:
-    """The factor_vae score under both protocols and MIG (metric seed 0); ``known`` holds values to reuse."""
+                  progress: Callable[[str], None] | None = None, metric_seeds: tuple[int, ...] = (0,)) -> dict:
+    """The factor_vae score under both protocols and MIG under each metric seed (keys :func:`seed_key`);
+    ``known`` holds values to reuse."""
     encode = make_encoder(model.eval(), precision=precision)
-    out = {k: v for k, v in known.items() if k in SCORE_KEYS}
-    for protocol in PROTOCOL_NAMES:
-        key = f"factor_vae_{protocol}"
+    out = {k: v for k, v in known.items() if _is_score(k)}
+    for seed in metric_seeds:
+        for protocol in PROTOCOL_NAMES:
+            key = seed_key(f"factor_vae_{protocol}", seed)
+            if key not in out:
+                summary, _ = score(encode, dataset, ["factor_vae"], protocol=protocol, seed=seed, progress=progress)
+                out[key] = summary["factor_vae"]
+        key = seed_key("mig_scored", seed)
         if key not in out:
-            summary, _ = score(encode, dataset, ["factor_vae"], protocol=protocol, seed=0, progress=progress)
-            out[key] = summary["factor_vae"]
-    if "mig_scored" not in out:
-        out["mig_scored"] = score(encode, dataset, ["mig"], seed=0, progress=progress)[0]["mig"]
+            out[key] = score(encode, dataset, ["mig"], seed=seed, progress=progress)[0]["mig"]
     return out
 
 
@@ -74,9 +106,11 @@ def score_run(
     step: int | None = None,
     compute: bool = True,
     progress: Callable[[str], None] | None = None,
+    metric_seeds: tuple[int, ...] = (0,),
 ) -> dict:
     """{scored_step, factor_vae_chyvae, factor_vae_kim_mnih, mig_scored} at the run's checkpoint of ``step``
-    (default: its last; training keeps those of its evaluation steps); {} without ground-truth factors,
+    (default: its last; training keeps those of its evaluation steps), under each of ``metric_seeds``
+    (:func:`seed_key`) with their means (:func:`with_seed_means`); {} without ground-truth factors,
     and without that checkpoint unless ``step`` is given and was scored before. Cached in
     ``run_dir/scores.json``; ``compute=False`` returns only what is cached there ({} otherwise)."""
     from ..evaluate import load_run
@@ -85,17 +119,18 @@ def score_run(
     cache_path = run_dir / SCORES
     cache = _read_json(cache_path)
     if ckpt is None:  # nothing to score; what was scored at that step before is still shown
-        return {"scored_step": step} | cache[str(step)] if step is not None and str(step) in cache else {}
+        if step is None or str(step) not in cache:
+            return {}
+        return {"scored_step": step} | with_seed_means(cache[str(step)], metric_seeds)
     step = checkpoint_step_of(ckpt)
-    if str(step) in cache:
-        return {"scored_step": step} | cache[str(step)]
-    if not compute:
-        return {}
+    cached = cache.get(str(step), {})
+    if not compute or all(k in cached for k in _wanted(metric_seeds)):
+        return {"scored_step": step} | with_seed_means(cached, metric_seeds) if cached else {}
     model, config, _, _ = load_run(run_dir, checkpoint=ckpt)
     dataset = _dataset(config)
     if dataset is None:
         return {}
-    known = {}
+    known = dict(cached)
     for row in read_metrics(run_dir):
         if row.get("kind") == "eval" and row.get("step") == step:
             if "factor_vae" in row:
@@ -104,10 +139,11 @@ def score_run(
                 known["mig_scored"] = row["mig"]
     if progress is not None:
         progress(f"scoring {run_dir.name} at step {step}")
-    got = score_encoder(model, dataset, precision=config.resolved().precision, known=known, progress=progress)
+    got = score_encoder(model, dataset, precision=config.resolved().precision, known=known, progress=progress,
+                        metric_seeds=metric_seeds)
     cache[str(step)] = got
     _write_json(cache_path, cache)
-    return {"scored_step": step} | got
+    return {"scored_step": step} | with_seed_means(got, metric_seeds)
 
 
 def _encoder_hash(model: torch.nn.Module) -> str:
@@ -119,7 +155,7 @@ def _encoder_hash(model: torch.nn.Module) -> str:
 
 
 def untrained_rows(configs: list[TrainConfig], cache_path: Path, *, compute: bool = True,
-                   progress: Callable[[str], None] | None = None) -> list[dict]:
+                   progress: Callable[[str], None] | None = None, metric_seeds: tuple[int, ...] = (0,)) -> list[dict]:
     """One "untrained" row per distinct initial encoder among ``configs`` (model at step 0), scored as
     :func:`score_run` scores trained runs; cached in ``cache_path`` by the encoder's hash (``compute=False``:
     only the cached ones)."""
@@ -135,14 +171,15 @@ def untrained_rows(configs: list[TrainConfig], cache_path: Path, *, compute: boo
             if config.model not in rows[key]["runs_like"].split():
                 rows[key]["runs_like"] += f" {config.model}"
             continue
-        if key not in cache:
-            if not compute:
-                continue
+        if compute and not all(k in cache.get(key, {}) for k in _wanted(metric_seeds)):
             if progress is not None:
                 progress(f"scoring the untrained {config.model} of seed {config.seed}")
             precision = config.resolved().precision
-            cache[key] = score_encoder(model, dataset, precision=precision, known={}, progress=progress)
+            cache[key] = score_encoder(model, dataset, precision=precision, known=cache.get(key, {}),
+                                       progress=progress, metric_seeds=metric_seeds)
             _write_json(cache_path, cache)
+        if key not in cache:
+            continue
         rows[key] = {
             "run": f"untrained-{config.model}-seed{config.seed}",
             "model": "untrained",
@@ -156,5 +193,5 @@ def untrained_rows(configs: list[TrainConfig], cache_path: Path, *, compute: boo
             # in the columns trained runs fill from training's evaluations (the paper's protocol, MIG)
             "factor_vae": cache[key]["factor_vae_chyvae"],
             "mig": cache[key]["mig_scored"],
-        } | cache[key]
+        } | with_seed_means(cache[key], metric_seeds)
     return list(rows.values())
