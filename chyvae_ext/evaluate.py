@@ -4,7 +4,8 @@ Loads the run's last checkpoint (or ``--checkpoint``), computes the held-out neg
 same fixed batch training uses and the requested disentanglement metrics (``--metrics``, default
 factor_vae; any of factor_vae, mig, sap, dci, or all) on the run's dataset, and writes:
 
-    eval.json          step, checkpoint, held-out terms, metric summary and details, timings
+    eval.json          step, checkpoint, held-out terms, metric summary and details, timings, and the
+                       posterior variances on the held-out images (posterior_variances)
     reconstructions.png, samples.png, traversals.png, traversals.gif   (refreshed)
 
 Training's ``--eval-every`` computes its metrics with the same functions
@@ -51,6 +52,30 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
     model = build_model(config, state.get("channels", 1)).to(dev)
     model.load_state_dict(state["model"])
     return model.eval(), config, checkpoint, int(state["step"])
+
+
+def posterior_variances(model: torch.nn.Module, images: torch.Tensor) -> dict | None:
+    """How far the posterior q(z|x) shrinks on ``images``, in eval mode, float64: per latent dimension
+    the smallest and the median posterior variance C_jj over the images (``var_min``, ``var_median``),
+    and the smallest eigenvalue of C over them (``eig_min``). C is the model's own: CHyVAE's L L^T
+    (with ``posterior_jitter``, the jitter's floor included), exp(logvar) on the diagonal for the
+    others. None for an ensemble."""
+    if getattr(model, "members", None) is not None:
+        return None
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        mu, spread = model.posterior(images)
+    model.train(was_training)
+    if spread.dim() == mu.dim():  # a diagonal posterior's log-variances
+        var = spread.double().exp()
+        eig_min = float(var.min())
+    else:  # a full covariance's Cholesky factor
+        L = spread.double()
+        cov = L @ L.mT
+        var = torch.diagonal(cov, dim1=-2, dim2=-1)
+        eig_min = float(torch.linalg.eigvalsh(cov)[:, 0].min())
+    return {"var_min": var.min(0).values.tolist(), "var_median": var.median(0).values.tolist(), "eig_min": eig_min}
 
 
 def evaluate_run(
@@ -100,6 +125,9 @@ def evaluate_run(
         "precision": precision,
         "held_out": held_out_terms(model, held_out, bf16=precision == "bf16"),
     }
+    posterior = posterior_variances(model, held_out)
+    if posterior is not None:
+        record["posterior"] = posterior
     encode = make_encoder(model, precision=precision)
     summary, details = score(encode, dataset, names, protocol=protocol, seed=seed, progress=progress)
     record["metrics"] = summary
@@ -140,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     scores = "  ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items())
+    if "posterior" in record:
+        scores += f"  smallest posterior variance {min(record['posterior']['var_min']):.3g}"
     print(
         f"{record['run']} step {record['step']}: held-out neg_elbo {record['held_out']['neg_elbo']:.2f} "
         f"recon {record['held_out']['recon']:.2f}  {scores}  ({record['seconds']:.1f} s) -> "

@@ -110,3 +110,35 @@ def test_metrics_need_ground_truth_factors(tmp_path, capsys):
     assert main([str(out)]) == 2
     assert "--metrics factor_vae needs a dataset with ground-truth factors; npz has none" in capsys.readouterr().err
     assert main([str(out), "--metrics", "none"]) == 0
+
+
+def test_posterior_variances_per_dimension_against_a_direct_computation():
+    from chyvae_ext.evaluate import posterior_variances
+    from chyvae_ext.models import BetaVAE, CHyVAE
+
+    torch.manual_seed(0)
+    x = (torch.rand(30, 1, 64, 64, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    for jitter in (0.0, 1e-4):
+        model = CHyVAE(latent_dim=3, hidden=16, posterior_jitter=jitter)
+        got = posterior_variances(model, x)
+        with torch.no_grad():
+            _, L = model.eval().posterior(x)
+        cov = L.double() @ L.double().mT
+        var = torch.stack([cov[:, j, j] for j in range(3)], 1)
+        assert got["var_min"] == pytest.approx(var.min(0).values.tolist(), rel=1e-12)
+        assert got["var_median"] == pytest.approx(var.median(0).values.tolist(), rel=1e-12)
+        assert got["eig_min"] == pytest.approx(float(np.linalg.eigvalsh(cov.numpy())[:, 0].min()), rel=1e-9)
+    assert got["eig_min"] >= 1e-4 * (1 - 1e-6)  # the jitter's floor
+    beta = BetaVAE(latent_dim=3, hidden=16)
+    with torch.no_grad():
+        _, logvar = beta.eval().posterior(x)
+    got = posterior_variances(beta, x)
+    assert got["var_min"] == pytest.approx(logvar.double().exp().min(0).values.tolist(), rel=1e-12)
+    assert got["eig_min"] == pytest.approx(float(logvar.double().exp().min()), rel=1e-12)
+
+
+def test_eval_json_has_the_posterior_variances(run_dir, capsys):
+    assert main([str(run_dir), "--metrics", "none", "--no-pictures"]) == 0
+    assert "smallest posterior variance" in capsys.readouterr().out
+    saved = json.loads((run_dir / "eval.json").read_text())
+    assert len(saved["posterior"]["var_min"]) == 4 and saved["posterior"]["eig_min"] > 0
