@@ -162,6 +162,27 @@ def fake_run(root, name, model, value, seed, evals, speeds):
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def test_collect_keeps_a_jittered_chyvae_apart_from_the_plain_one(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for jitter, fv in ((0.0, 0.6), (1e-4, 0.8)):
+        for seed in (0, 1):
+            name = f"chyvae-nu50-j{jitter}-seed{seed}"
+            fake_run(root, name, "chyvae", 50.0, seed, [(10, fv + 0.01 * seed, 30.0)], [10.0])
+            config = json.loads((root / name / "config.json").read_text())
+            (root / name / "config.json").write_text(json.dumps(config | {"posterior_jitter": jitter}))
+    _, rows = collect_runs(root, score=False)  # four runs, no two of them the same setting and seed
+    assert {r["run"]: r.get("variant", "") for r in rows}["chyvae-nu50-j0.0001-seed1"] == "posterior_jitter 0.0001"
+    s = {x.get("variant", ""): x for x in summarise(rows)}
+    assert s[""]["seeds"] == s["posterior_jitter 0.0001"]["seeds"] == 2
+    assert s["posterior_jitter 0.0001"]["factor_vae_mean"] == pytest.approx(0.805)
+    assert "| chyvae | nu = 50 (posterior_jitter 0.0001) | 2 | 0.805 +- 0.007 |" in markdown_table(summarise(rows))
+    fake_run(root, "again", "chyvae", 50.0, 1, [(10, 0.1, 30.0)], [10.0])
+    config = json.loads((root / "again" / "config.json").read_text())
+    (root / "again" / "config.json").write_text(json.dumps(config | {"posterior_jitter": 1e-4}))
+    with pytest.raises(ValueError, match=r"both chyvae nu = 50.0 \(posterior_jitter 0.0001\) seed 1 finished"):
+        collect_runs(root, score=False)
+
+
 def test_collect_summarise_and_plot(tmp_path, capsys):
     root = tmp_path / "runs"
     fake_run(root, "chyvae-nu12-seed0", "chyvae", 12.0, 0, [(5, 0.5, 300.0), (10, 0.8, 200.0)], [10.0, 20.0, 30.0])

@@ -45,6 +45,9 @@ def _run_rows(run_dir: Path) -> tuple[dict, list[dict]] | None:
         "step": status.get("step", 0),
         "state": status.get("state", "unknown"),
     }
+    variant = MODEL_KINDS[model].variant(config)
+    if variant:
+        head["variant"] = variant
     evals = [r for r in rows if r.get("kind") == "eval"]
     by_step = [head | {"step": r["step"]} | {k: v for k, v in r.items() if k not in ("kind", "step")} for r in evals]
     final = dict(head)
@@ -122,11 +125,12 @@ def collect_runs(
         r for r in finals if r["state"] == "finished"]
     seen: dict[tuple, str] = {}
     for row in counted:
-        key = (row["model"], row["value"], row["seed"])
+        key = (row["model"], row["value"], row.get("variant", ""), row["seed"])
         if key in seen:
             where = f"at step {at_step}" if at_step is not None else "finished"
+            variant = f" ({row['variant']})" if row.get("variant") else ""
             raise ValueError(f"runs {seen[key]} and {row['run']} are both {row['model']} {row['hyper']} = "
-                             f"{row['value']} seed {row['seed']} {where}: collect only one of them")
+                             f"{row['value']}{variant} seed {row['seed']} {where}: collect only one of them")
         seen[key] = row["run"]
     out = Path(out) if out is not None else roots[0]
     out.mkdir(parents=True, exist_ok=True)
@@ -160,17 +164,19 @@ def summarise(
     metrics: tuple[str, ...] = ("factor_vae", "recon", "neg_elbo"),
     states: tuple[str, ...] = ("finished", "untrained"),
 ) -> list[dict]:
-    """Per (model, hyperparameter value): n seeds, and mean and sample std of each metric, over the
-    rows whose state is in ``states`` (default the finished runs and the untrained floor: a run still
+    """Per (model, hyperparameter value, variant): n seeds, and mean and sample std of each metric, over
+    the rows whose state is in ``states`` (default the finished runs and the untrained floor: a run still
     going, or stopped, has its last evaluation at another step). Rows without a state count as finished."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if r.get("state", "finished") not in states:
             continue
-        groups.setdefault((r["model"], r["hyper"], float(r["value"])), []).append(r)
+        groups.setdefault((r["model"], r["hyper"], float(r["value"]), r.get("variant", "")), []).append(r)
     out = []
-    for (model, hyper, value), rs in sorted(groups.items()):
+    for (model, hyper, value, variant), rs in sorted(groups.items()):
         s = {"model": model, "hyper": hyper, "value": value, "seeds": len(rs)}
+        if variant:
+            s["variant"] = variant
         for m in metrics:
             vals = [float(r[m]) for r in rs if m in r and r[m] != ""]
             if vals:
@@ -189,5 +195,6 @@ def markdown_table(summary: list[dict], metrics: tuple[str, ...] = ("factor_vae"
     lines = [head, "|" + "---|" * (3 + len(metrics))]
     for s in summary:
         cells = [f"{s[f'{m}_mean']:.3f} +- {s[f'{m}_std']:.3f}" if f"{m}_mean" in s else "-" for m in metrics]
-        lines.append(f"| {s['model']} | {s['hyper']} = {s['value']:g} | {s['seeds']} | " + " | ".join(cells) + " |")
+        setting = f"{s['hyper']} = {s['value']:g}" + (f" ({s['variant']})" if s.get("variant") else "")
+        lines.append(f"| {s['model']} | {setting} | {s['seeds']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -33,6 +33,9 @@ class ModelKind:
     - ``stack``: the ensemble's keyword arguments from its lone members (per-member hyperparameters
       as lists, shared settings once).
     - ``after_stack``: copies state the constructor does not take (a step counter) into the ensemble.
+    - ``variant``: a run's configuration (config.json's mapping) to a short name of the options beyond
+      ``hyper`` that make it another setting ("" for the kind's defaults); ``collect`` keeps runs of
+      different variants apart.
     """
 
     name: str
@@ -42,6 +45,7 @@ class ModelKind:
     shape: Callable[[nn.Module], dict]
     stack: Callable[[list[nn.Module]], dict]
     after_stack: Callable[[nn.Module, nn.Module], None] | None = None
+    variant: Callable[[dict], str] = lambda config: ""
 
 
 MODEL_KINDS: dict[str, ModelKind] = {}
@@ -90,6 +94,17 @@ def _copy_iteration(ensemble: AnnealedVAE, first: AnnealedVAE) -> None:
     ensemble.iteration.copy_(first.iteration)
 
 
+def _chyvae_variant(config: dict) -> str:
+    parts = []
+    if config.get("posterior_jitter", 0.0):
+        parts.append(f"posterior_jitter {config['posterior_jitter']:g}")
+    if config.get("learn_nu", False):
+        parts.append("learn_nu")
+    if config.get("num_samples", 1) != 1:
+        parts.append(f"K {config['num_samples']}")
+    return ", ".join(parts)
+
+
 register(ModelKind(
     "chyvae", CHyVAE, "nu",
     options=lambda c: {"nu": c.nu, "learn_nu": c.learn_nu, "num_samples": c.num_samples, "impl": c.impl,
@@ -97,6 +112,7 @@ register(ModelKind(
     shape=lambda m: {"num_samples": m.num_samples, "learn_nu": m.learn_nu, "impl": m.impl,
                      "posterior_jitter": m.posterior_jitter},
     stack=_chyvae_stack,
+    variant=_chyvae_variant,
 ))
 register(ModelKind(
     "betavae", BetaVAE, "beta",
