@@ -1,4 +1,4 @@
-"""``python -m chyvae_ext.experiments {sweep,collect,plot}``.
+"""``python -m chyvae_ext.experiments {sweep,collect,compare,plot}``.
 
 sweep --grid FILE [--dry-run] [--ensemble [--ensemble-size N]] [--set KEY=VALUE ...]
       [--launcher {local,ray,slurm}] [--ray-address ADDR] [--slurm-partition P] [--slurm-time MIN]
@@ -16,6 +16,10 @@ collect ROOT [ROOT ...] [--out DIR] [--no-score] [--at-step S] [--metric-seeds S
                                  --at-step S: the table of every run's evaluation at step S, scored
                                  from the checkpoint training keeps there; --metric-seeds S: every
                                  score under metric seeds 0 .. S-1, the table showing their means
+compare CSV --a MODEL=VALUE[:VARIANT] --b MODEL=VALUE[:VARIANT] [--metric M] [--at-step S] [--lower-is-better]
+                                 "A beats B" tested: Welch's t-test over the seeds of collect's CSV
+                                 (finished runs; with --at-step, every run's evaluation at step S), the
+                                 verdict in the words it supports (chyvae_ext.experiments.verdicts)
 plot CSV [--out DIR] [--at-step S] [--runs ROOT]
                                  tradeoff.png, by_step.png, time.png from collect's CSVs (the trade-off
                                  at step S with --at-step); --runs: each model's best run's traversals
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from .._checks import check_int
 from .collect import (
@@ -41,6 +46,7 @@ from .collect import (
 from .grid import LAUNCHERS, load_grid
 from .plot import plot_all
 from .sweep import sweep
+from .verdicts import compare_line
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -93,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="print the table at this evaluation step (runs still going included)")
     p.add_argument("--metric-seeds", dest="metric_seeds", type=int, default=1, metavar="S",
                    help="score each checkpoint under metric seeds 0 .. S-1 and show their means (default 1)")
+    p = sub.add_parser("compare", help="test whether one setting beats another (Welch's t over seeds)")
+    p.add_argument("csv", metavar="CSV", help="collect's results.csv")
+    p.add_argument("--a", required=True, metavar="MODEL=VALUE[:VARIANT]", help="the setting claimed better")
+    p.add_argument("--b", required=True, metavar="MODEL=VALUE[:VARIANT]", help="the setting it is compared with")
+    p.add_argument("--metric", default="factor_vae", help="a column of the CSV (default factor_vae)")
+    p.add_argument("--at-step", dest="at_step", type=int, help="compare the evaluations at this step")
+    p.add_argument("--lower-is-better", dest="higher", action="store_false",
+                   help="the metric is better lower (recon, neg_elbo)")
     p = sub.add_parser("plot", help="draw the figures")
     p.add_argument("csv", metavar="CSV")
     p.add_argument("--out", help="directory for the figures (default: the CSV's)")
@@ -138,6 +152,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.at_step is not None:
             check_int("--at-step", args.at_step)
+        if args.command == "compare":
+            path = Path(args.csv)
+            if not path.is_file():
+                raise ValueError(f"CSV {path}: no such file")
+            rows = read_csv(path)
+            if args.at_step is not None:
+                rows = rows_at_step(read_csv(path.with_name("results_by_step.csv")), args.at_step)
+            else:
+                rows = [r for r in rows if r.get("state", "finished") == "finished"]
+            print(compare_line(rows, args.a, args.b, args.metric, higher_is_better=args.higher))
+            return 0
         for path in plot_all(args.csv, args.out, args.metric, at_step=args.at_step, runs_root=args.runs_root):
             print(path)
         return 0
