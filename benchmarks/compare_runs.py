@@ -25,7 +25,7 @@ from chyvae_ext.models import reconstruction_error
 def held_out_recon(run: Path, n: int) -> dict:
     config = TrainConfig(**json.loads((run / "config.json").read_text()))
     ckpt = sorted((run / "checkpoints").glob("step_*.pt"))[-1]
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
     ds = get_dataset(config.dataset, config.data_root)
     images = ds.random_images(n, __import__("numpy").random.default_rng(987_654))
     model = build_model(config, ds.channels)

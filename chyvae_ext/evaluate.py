@@ -30,10 +30,10 @@ from .plots import save_model_pictures
 from .runfiles import EVAL, Run, read_config
 
 
-def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, device: str | None = None,
-             weights_only: bool = False):
+def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, device: str | None = None):
     """(model in eval mode, its TrainConfig, the checkpoint's path, its step) for a run directory.
-    ``weights_only``: load the checkpoint with torch.load(weights_only=True) (tensors and plain values only)."""
+    The checkpoint is read with torch.load(weights_only=True): tensors and plain values only, so a
+    crafted file cannot run code; one that needs more is refused with a ValueError naming it."""
     root = Path(run_dir)
     config = TrainConfig(**read_config(root))
     if device is not None:
@@ -48,7 +48,14 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
         raise ValueError(f"--checkpoint {checkpoint}: no such file")
     check_config(config.resolved())  # the device among the rest, with training's messages
     dev = torch.device(config.device)
-    state = torch.load(checkpoint, map_location=dev, weights_only=weights_only)
+    try:
+        state = torch.load(checkpoint, map_location=dev, weights_only=True)
+    except Exception as exc:  # torch.load's failures: UnpicklingError (not plain data), RuntimeError, EOFError...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"checkpoint {checkpoint} cannot be loaded as plain tensors and values "
+                         f"({type(exc).__name__}: {reason})") from exc
+    if not isinstance(state, dict) or not {"model", "step"} <= state.keys():
+        raise ValueError(f"checkpoint {checkpoint} is not a training checkpoint (no model and step)")
     model = build_model(config, state.get("channels", 1)).to(dev)
     model.load_state_dict(state["model"])
     return model.eval(), config, checkpoint, int(state["step"])

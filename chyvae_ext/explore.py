@@ -97,7 +97,7 @@ class ExploredRun:
         self.root = Path(run_dir)
         try:
             self.model, self.config, self.checkpoint, self.step = load_run(
-                self.root, checkpoint=checkpoint, device=device, weights_only=True
+                self.root, checkpoint=checkpoint, device=device
             )
         except (ValueError, OSError, RuntimeError, KeyError, pickle.UnpicklingError) as exc:
             raise ValueError(f"RUN_DIR {self.root}: cannot be explored: {exc}") from exc

@@ -105,7 +105,7 @@ def load_checkpoint(path: Path | None, device: torch.device) -> dict | None:
     if path is None:
         return None
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location=device, weights_only=True)  # tensors and plain values: no code runs
     except Exception as exc:  # torch.load's failures on damaged files: RuntimeError, EOFError, UnpicklingError...
         warnings.warn(f"skipping checkpoint {path}: it cannot be loaded ({type(exc).__name__}: {exc})",
                       RuntimeWarning, stacklevel=2)

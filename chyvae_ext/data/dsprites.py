@@ -106,16 +106,29 @@ class DSprites(DSpritesLike):
 
 
 def _read_npz(p) -> tuple[np.ndarray, np.ndarray]:
-    with open_npz(p, dataset="dsprites", allow_pickle=True) as npz:
+    """imgs and latents_classes, checked from their headers before they are loaded; without pickle
+    (the official file's pickled ``metadata`` is never read)."""
+    with open_npz(p, dataset="dsprites") as npz:
         for key in ("imgs", "latents_classes", "latents_values", "metadata"):
             if key not in npz.files:
                 raise DataError(
                     f"dsprites: {p} has no key {key!r} (keys: {sorted(npz.files)}); "
                     f"expected the official file from {SOURCE}"
                 )
-        imgs = read_npz_key(npz, "imgs", path=p, dataset="dsprites")
-        classes = read_npz_key(npz, "latents_classes", path=p, dataset="dsprites")
+        imgs = read_npz_key(npz, "imgs", path=p, dataset="dsprites", check=lambda s, d: _check_imgs(s, d, p))
+        classes = read_npz_key(npz, "latents_classes", path=p, dataset="dsprites",
+                               check=lambda s, d: _check_classes(s, d, p))
     return imgs, classes
+
+
+def _check_imgs(shape: tuple, dtype: np.dtype, p) -> None:
+    if dtype != np.uint8 or shape != (NUM_IMAGES, IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"dsprites: {p}: imgs must be uint8 ({NUM_IMAGES}, 64, 64), got {dtype} {shape}")
+
+
+def _check_classes(shape: tuple, dtype: np.dtype, p) -> None:
+    if shape != (NUM_IMAGES, 6) or not np.issubdtype(dtype, np.integer):
+        raise DataError(f"dsprites: {p}: latents_classes must be integer ({NUM_IMAGES}, 6), got {dtype} {shape}")
 
 
 def _read_hdf5(p) -> tuple[np.ndarray, np.ndarray]:
@@ -134,12 +147,8 @@ def _read_hdf5(p) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _validate(imgs: np.ndarray, classes: np.ndarray, p) -> None:
-    if imgs.dtype != np.uint8 or imgs.shape != (NUM_IMAGES, IMAGE_SIZE, IMAGE_SIZE):
-        raise DataError(f"dsprites: {p}: imgs must be uint8 ({NUM_IMAGES}, 64, 64), got {imgs.dtype} {imgs.shape}")
-    if classes.shape != (NUM_IMAGES, 6) or not np.issubdtype(classes.dtype, np.integer):
-        raise DataError(
-            f"dsprites: {p}: latents_classes must be integer ({NUM_IMAGES}, 6), got {classes.dtype} {classes.shape}"
-        )
+    _check_imgs(imgs.shape, imgs.dtype, p)
+    _check_classes(classes.shape, classes.dtype, p)
     sizes = tuple(int(s) for s in classes.max(axis=0) + 1)
     if sizes != ALL_FACTOR_SIZES:
         raise DataError(f"dsprites: {p}: factor sizes must be {ALL_FACTOR_SIZES}, got {sizes}")

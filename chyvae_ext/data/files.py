@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import zipfile
 from pathlib import Path
 
@@ -53,16 +52,55 @@ def to_nchw_uint8(array: np.ndarray, *, where: str) -> np.ndarray:
     raise DataError(f"{where}: expected uint8, bool or float images, got dtype {a.dtype}")
 
 
-def open_npz(path: Path, *, dataset: str, allow_pickle: bool = False):
+def open_npz(path: Path, *, dataset: str):
+    """The npz at ``path``, opened without pickle: an object array in it is refused when read
+    (:func:`read_npz_key`), never unpickled (a pickle can run any code)."""
     try:
-        return np.load(path, allow_pickle=allow_pickle, encoding="latin1")
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        return np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise DataError(f"{dataset}: cannot read {path} as an npz file (unreadable or truncated): {exc}") from exc
 
 
-def read_npz_key(npz, key: str, *, path: Path, dataset: str) -> np.ndarray:
+def physical_memory_bytes() -> int | None:
+    """This machine's physical memory, None where it cannot be read."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def npz_header(npz, key: str, *, path: Path, dataset: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype the member ``key`` of an npz declares in its .npy header, read without
+    loading (or unpickling) the array."""
+    try:
+        with npz.zip.open(f"{key}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+    except (KeyError, zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise DataError(
+            f"{dataset}: cannot read the header of key {key!r} of {path} (truncated or corrupt): {exc}"
+        ) from exc
+    return tuple(shape), dtype
+
+
+def read_npz_key(npz, key: str, *, path: Path, dataset: str, check=None) -> np.ndarray:
+    """The array under ``key``, after its header is checked: an object array (pickled Python objects)
+    is refused, and so is an array larger than this machine's memory; ``check(shape, dtype)`` may
+    refuse more from the header (it raises DataError) before anything is loaded."""
     if key not in npz.files:
         raise DataError(f"{dataset}: {path} has no key {key!r}; its keys are {sorted(npz.files)}")
+    shape, dtype = npz_header(npz, key, path=path, dataset=dataset)
+    if dtype.hasobject:
+        raise DataError(f"{dataset}: key {key!r} of {path} holds Python objects (dtype {dtype}); refused: "
+                        "reading it would unpickle them, and a pickle can run code")
+    if check is not None:
+        check(shape, dtype)
+    size = int(np.prod(shape, dtype=np.float64) * dtype.itemsize)
+    memory = physical_memory_bytes()
+    if memory is not None and size > memory:
+        raise DataError(f"{dataset}: key {key!r} of {path} declares shape {shape} of {dtype} ({size / 2**30:.1f} GiB), "
+                        f"more than this machine's memory ({memory / 2**30:.1f} GiB); refused before loading")
     try:
         return npz[key]
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
