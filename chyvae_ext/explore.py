@@ -7,11 +7,13 @@ checkpoint shown (its step's) and the curves sit beside it; several runs side by
 slider values (``link``).
 
     python -m chyvae_ext.explore runs/chyvae-correlated_ellipses-seed0 [--port 8000] [--host 127.0.0.1]
-                                 [--checkpoint PATH] [--device cpu]
+                                 [--allow-host NAME] [--checkpoint PATH] [--device cpu]
 
 Needs ``pip install chyvae_ext[explore]`` (Starlette and uvicorn). It binds 127.0.0.1 unless
-``--host`` says otherwise, serves only the runs named on the command line (a run id in a URL is an
-index into that list, never a path), and loads checkpoints with ``weights_only=True``.
+``--host`` says otherwise, answers only requests whose Host is a loopback name, the ``--host`` address
+or an ``--allow-host`` name (a page elsewhere cannot reach it through DNS rebinding), serves only the
+runs named on the command line (a run id in a URL is an index into that list, never a path), and
+loads checkpoints with ``weights_only=True``.
 
 Endpoints (``RUN`` is the run's index, 0-based, in the order given):
 
@@ -244,8 +246,51 @@ def png(images: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def create_app(runs: list[ExploredRun]):
-    """The Starlette app serving ``runs`` (see the module docstring for its endpoints)."""
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def host_name(header: str) -> str:
+    """A Host header's name, without its port, lower case ("[::1]:8000" -> "[::1]")."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[: header.find("]") + 1] if "]" in header else header
+    return header.split(":", 1)[0]
+
+
+class OnlyHosts:
+    """ASGI middleware that answers 400 to a request whose Host is not one of ``hosts``: a web page the
+    user visits cannot reach the API through DNS rebinding (its requests carry the attacker's name)."""
+
+    def __init__(self, app, hosts):
+        self.app, self.hosts = app, {h.lower() for h in hosts}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] in ("http", "websocket"):
+            headers = dict(scope.get("headers") or [])
+            name = host_name(headers.get(b"host", b"").decode("latin-1"))
+            if name not in self.hosts:
+                from starlette.responses import JSONResponse
+
+                allowed = ", ".join(sorted(self.hosts))
+                response = JSONResponse({"error": f"Host {name!r} is not this explorer's (it answers {allowed}; "
+                                                  "--allow-host NAME adds one)"}, status_code=400)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def allowed_hosts(host: str, extra: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The Host names the explorer answers: the loopback names, the address it binds (unless that is
+    a wildcard, 0.0.0.0 or ::) and the ``--allow-host`` names."""
+    names = list(LOOPBACK_HOSTS)
+    if host not in ("0.0.0.0", "::", ""):
+        names.append(f"[{host}]" if ":" in host else host)
+    return names + [host_name(h) for h in extra]
+
+
+def create_app(runs: list[ExploredRun], *, hosts: list[str] | tuple[str, ...] = LOOPBACK_HOSTS):
+    """The Starlette app serving ``runs`` (see the module docstring for its endpoints), answering only
+    requests whose Host is one of ``hosts`` (:func:`allowed_hosts`; default the loopback names)."""
     try:
         from starlette.applications import Starlette
         from starlette.responses import FileResponse, JSONResponse, Response
@@ -333,7 +378,7 @@ def create_app(runs: list[ExploredRun]):
         Route("/api/runs/{run}/encode/{image}", handler(encode)),
         Route("/api/runs/{run}/reconstruction/{image}.png", handler(reconstruction)),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found})
+    return OnlyHosts(Starlette(routes=routes, exception_handlers={404: not_found}), hosts)
 
 
 def _int_param(request, name: str, default: int | None, least: int, most: int) -> int:
@@ -396,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--host", default="127.0.0.1",
                         help="the address to bind (default 127.0.0.1: this machine only)")
+    parser.add_argument("--allow-host", dest="allow_hosts", action="append", default=[], metavar="NAME",
+                        help="also answer requests for this Host name (besides localhost, 127.0.0.1, [::1] and "
+                        "--host); repeatable")
     parser.add_argument("--checkpoint", help="this checkpoint instead of the run's last (one run only)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
@@ -404,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         runs = load_runs(args.runs, checkpoint=args.checkpoint, device=args.device)
-        app = create_app(runs)
+        app = create_app(runs, hosts=allowed_hosts(args.host, args.allow_hosts))
         import uvicorn
     except (ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)

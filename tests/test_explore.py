@@ -16,7 +16,9 @@ from starlette.testclient import TestClient  # noqa: E402
 from chyvae_ext.build import fixed_batches, open_dataset  # noqa: E402
 from chyvae_ext.config import TrainConfig  # noqa: E402
 from chyvae_ext.evaluate import load_run  # noqa: E402
-from chyvae_ext.explore import N_IMAGES, create_app, load_runs, main  # noqa: E402
+from chyvae_ext.explore import N_IMAGES, allowed_hosts, create_app, host_name, load_runs, main  # noqa: E402
+
+LOCAL = "http://127.0.0.1"
 from chyvae_ext.train import train  # noqa: E402
 
 TINY = dict(steps=8, batch_size=8, log_every=4, eval_every=8, ckpt_every=4, precision="fp32", z_dim=4, hidden=32,
@@ -33,7 +35,7 @@ def run_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(run_dirs):
-    return TestClient(create_app(load_runs([str(d) for d in run_dirs])))
+    return TestClient(create_app(load_runs([str(d) for d in run_dirs])), base_url=LOCAL)
 
 
 def decoded(response) -> np.ndarray:
@@ -165,7 +167,7 @@ def test_non_finite_metrics_are_sent_as_null(tmp_path, run_dirs):
     with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"kind": "train", "step": 12, "loss": float("nan"), "recon": float("inf"), "kl": 1.0}) + "\n")
         f.write(json.dumps({"kind": "eval", "step": 8, "neg_elbo": float("nan"), "recon": 3.0}) + "\n")
-    info = TestClient(create_app(load_runs([str(run)]))).get("/api/runs").json()[0]
+    info = TestClient(create_app(load_runs([str(run)])), base_url=LOCAL).get("/api/runs").json()[0]
     assert info["metrics"] == {"kind": "eval", "step": 8, "neg_elbo": None, "recon": 3.0}
     assert info["curves"]["loss"][-1] is None and info["curves"]["recon"][-1] is None and info["curves"]["kl"][-1] == 1.0
 
@@ -194,11 +196,27 @@ def test_the_evaluation_shown_is_the_one_of_the_checkpoints_step(tmp_path, run_d
     shutil.copytree(run_dirs[0], run)  # checkpoints at steps 4 and 8; evaluated at step 8 only
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     at_8 = [r for r in rows if r["kind"] == "eval" and r["step"] == 8][-1]
-    newest = TestClient(create_app(load_runs([str(run)]))).get("/api/runs").json()[0]
+    newest = TestClient(create_app(load_runs([str(run)])), base_url=LOCAL).get("/api/runs").json()[0]
     assert (newest["step"], newest["metrics"]) == (8, at_8)
     step_4 = str(run / "checkpoints" / "step_00000004.pt")
-    info = TestClient(create_app(load_runs([str(run)], checkpoint=step_4))).get("/api/runs").json()[0]
+    info = TestClient(create_app(load_runs([str(run)], checkpoint=step_4)), base_url=LOCAL).get("/api/runs").json()[0]
     assert (info["step"], info["metrics"]) == (4, None)  # not step 8's evaluation beside step 4's model
     (run / "eval.json").write_text(json.dumps({"step": 4, "held_out": {"neg_elbo": 12.5}, "metrics": {"mig": 0.25}}))
-    info = TestClient(create_app(load_runs([str(run)], checkpoint=step_4))).get("/api/runs").json()[0]
+    info = TestClient(create_app(load_runs([str(run)], checkpoint=step_4)), base_url=LOCAL).get("/api/runs").json()[0]
     assert info["metrics"] == {"kind": "eval", "step": 4, "neg_elbo": 12.5, "mig": 0.25}  # evaluate's record of step 4
+
+
+def test_a_foreign_host_is_refused_and_loopback_names_are_answered(client):
+    for name in ("evil.example", "evil.example:8000", "192.168.1.5"):
+        r = client.get("/api/runs", headers={"host": name})
+        assert r.status_code == 400
+        assert f"Host {host_name(name)!r} is not this explorer's" in r.json()["error"]
+    for name in ("localhost:8000", "127.0.0.1", "[::1]:8000", "LOCALHOST"):
+        assert client.get("/api/runs", headers={"host": name}).status_code == 200
+
+
+def test_allowed_hosts_add_the_bound_address_and_the_named_ones():
+    assert allowed_hosts("127.0.0.1") == ["localhost", "127.0.0.1", "[::1]", "127.0.0.1"]
+    assert allowed_hosts("0.0.0.0", ["lab-box:8000"]) == ["localhost", "127.0.0.1", "[::1]", "lab-box"]
+    assert allowed_hosts("::1") == ["localhost", "127.0.0.1", "[::1]", "[::1]"]
+    assert host_name("[::1]:8000") == "[::1]" and host_name("Example.org:80") == "example.org"
