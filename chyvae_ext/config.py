@@ -251,6 +251,9 @@ def _add_model_options(parser: argparse.ArgumentParser, d: TrainConfig) -> None:
     parser.add_argument("--config", help="YAML or JSON file of options; flags override it")
     parser.add_argument("--resume", nargs="?", const=True, type=Path, metavar="RUN_DIR",
                         help="continue the run in RUN_DIR (with --ensemble: continue the ensemble's runs)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="a fresh start into an --out that holds a run: remove that run's files first "
+                        "(without it, such an --out is refused)")
     parser.add_argument(
         "--ensemble",
         nargs="+",
@@ -329,11 +332,16 @@ def _add_run_options(parser: argparse.ArgumentParser, d: TrainConfig) -> None:
     )
 
 
-def parse_args(argv: list[str] | None, *, description: str | None = None) -> tuple[list[TrainConfig], bool, bool]:
-    """(configs, resume, ensemble): one config for a lone run, one per RUN_DIR with --ensemble. Options
-    come from a run directory (``--resume``, ``--ensemble``), then ``--config``, then the flags."""
+def parse_args(argv: list[str] | None, *, description: str | None = None
+               ) -> tuple[list[TrainConfig], bool, bool, bool]:
+    """(configs, resume, ensemble, overwrite): one config for a lone run, one per RUN_DIR with
+    --ensemble. Options come from a run directory (``--resume``, ``--ensemble``), then ``--config``,
+    then the flags."""
     args = vars(make_parser(description).parse_args(argv))
     config_file, resume, ensemble = args.pop("config"), args.pop("resume"), args.pop("ensemble")
+    overwrite = bool(args.pop("overwrite"))
+    if overwrite and resume is not None:
+        raise ValueError("--overwrite replaces a run and --resume continues it: give one of them")
     flags = {k: v for k, v in args.items() if v is not None}
     extra = load_config_file(config_file) if config_file else {}
     if ensemble is not None:
@@ -343,7 +351,7 @@ def parse_args(argv: list[str] | None, *, description: str | None = None) -> tup
             raise ValueError("--out cannot be given with --ensemble: each member's RUN_DIR is its output")
         configs = [TrainConfig(**{**_member_options(d, bool(resume)), **extra, **flags, "out": str(d)})
                    for d in ensemble]
-        return configs, bool(resume), True
+        return configs, bool(resume), True, overwrite
     if resume is True:
         raise ValueError("--resume needs a RUN_DIR (or --ensemble RUN_DIR ...)")
     values: dict = {}
@@ -352,7 +360,7 @@ def parse_args(argv: list[str] | None, *, description: str | None = None) -> tup
         values["out"] = str(resume)
     values.update(extra)
     values.update(flags)
-    return [TrainConfig(**values)], resume is not None, False
+    return [TrainConfig(**values)], resume is not None, False, overwrite
 
 
 def _member_options(run_dir: Path, resume: bool) -> dict:

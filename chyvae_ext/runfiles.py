@@ -10,6 +10,8 @@ A run directory holds::
     train.log            a sweep's training output
     eval.json            the last ``python -m chyvae_ext.evaluate``
     scores.json          scores cached by ``collect`` (chyvae_ext.experiments.scores)
+    tb/                  TensorBoard events
+    reconstructions.png, samples.png, traversals.png, traversals.gif, curves.png
 
 Training writes it through :class:`Run` (rank 0 under torchrun; the other ranks hold a
 :class:`ReadOnlyRun`); evaluate, explore, collect, plot and the sweep read it with the readers here.
@@ -32,6 +34,8 @@ SWEEP_OPTIONS = "sweep_options.json"
 LOG = "train.log"
 EVAL = "eval.json"
 SCORES = "scores.json"
+TENSORBOARD = "tb"
+PICTURES = ("reconstructions.png", "samples.png", "traversals.png", "traversals.gif", "curves.png")
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -132,6 +136,38 @@ class Run:
         except OSError as exc:
             raise ValueError(f"--out {self.root} is not writable: {exc}") from exc
 
+    def held(self) -> list[str]:
+        """What an earlier run left here that a fresh start would lose: its config, metrics, status and
+        checkpoints ([] for a new directory, or one holding only a sweep's options)."""
+        held = [n for n in (CONFIG, METRICS, STATUS) if (self.root / n).is_file()]
+        ckpts = self.checkpoints()
+        if ckpts:
+            held.append(f"{len(ckpts)} checkpoint(s) up to step {checkpoint_step_of(ckpts[-1])}")
+        return held
+
+    def claim(self, overwrite: bool) -> None:
+        """For a fresh start: refuses a directory an earlier run left something in (:meth:`held`), or,
+        with ``overwrite``, removes that run's files first, so that no run mixes into another's."""
+        held = self.held()
+        if held and not overwrite:
+            raise ValueError(
+                f"--out {self.root} holds a run already ({', '.join(held)}); continue it with --resume "
+                f"{self.root}, train into another --out, or pass --overwrite to replace it"
+            )
+        if held:
+            self.clear()
+
+    def clear(self) -> None:
+        """Removes an earlier run's files (config, metrics, status, evaluation and scores, pictures,
+        TensorBoard events, checkpoints); a sweep's options and log stay."""
+        import shutil
+
+        for name in (CONFIG, METRICS, STATUS, EVAL, SCORES, *PICTURES):
+            (self.root / name).unlink(missing_ok=True)
+        shutil.rmtree(self.root / TENSORBOARD, ignore_errors=True)
+        for ckpt in self.ckpt_dir.glob("step_*.pt*"):
+            ckpt.unlink()
+
     def write_json(self, name: str, data: dict) -> None:
         tmp = self.root / f".{name}.tmp"
         tmp.write_text(json.dumps(data, indent=2))
@@ -197,6 +233,9 @@ class ReadOnlyRun(Run):
 
     def write_json(self, name: str, data: dict) -> None:
         pass
+
+    def clear(self) -> None:
+        pass  # rank 0 removes the earlier run's files
 
     def save_checkpoint(self, state: dict, step: int, keep: int, keep_every: int | None = None) -> Path:
         return self.ckpt_dir / checkpoint_name(step)

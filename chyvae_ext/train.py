@@ -47,7 +47,7 @@ from .distributed import Distributed, rank_seed
 from .metrics import SharedEncodings, make_encoder, parse_metrics, score
 from .models.ensemble import LoneMembers, StackedMembers, stack_models
 from .plots import save_curves, save_model_pictures
-from .runfiles import ReadOnlyRun, Run, load_checkpoint
+from .runfiles import ReadOnlyRun, Run, checkpoint_step_of, load_checkpoint
 from .step import adam_options, make_step
 
 __all__ = ["ENSEMBLE_SHARED", "Trainer", "TrainConfig", "flush_denormals", "main", "train", "train_ensemble"]
@@ -145,7 +145,8 @@ class Trainer:
     optimiser state goes through ``self.slots`` (LoneMembers or StackedMembers), the same calls for both.
     """
 
-    def __init__(self, configs: list[TrainConfig], *, resume: bool = False, ensemble: bool | None = None):
+    def __init__(self, configs: list[TrainConfig], *, resume: bool = False, ensemble: bool | None = None,
+                 overwrite: bool = False):
         if not configs:
             raise ValueError("configs must hold at least one TrainConfig, got none")
         self.dist = Distributed.from_env(configs[0].device)
@@ -161,6 +162,10 @@ class Trainer:
         self.dataset = build.open_dataset(c)
         self.device = device = torch.device(self.dist.device(c.device))
         self.members = [Member(cfg, device, self.dist) for cfg in self.configs]
+        if not resume:  # a fresh start: nothing of an earlier run may be mixed in
+            for m in self.members:
+                m.run.claim(overwrite)
+            self.dist.barrier()
         for m in self.members:
             m.run.prepare()
         self.dist.barrier()  # rank 0 made the directories
@@ -169,9 +174,6 @@ class Trainer:
         self.step_count = 0
         if resume:
             self._resume()
-        else:  # a fresh start (a retried job whose first attempt logged rows before its first checkpoint)
-            for m in self.members:
-                m.run.truncate_metrics(0)
         for m in self.members:
             m.run.write_config(dataclasses.asdict(m.config))
             m.batches = self.dataset.batches(c.batch_size // c.world_size, device=device, generator=m.data_gen)
@@ -334,18 +336,25 @@ class Trainer:
             detail = f"  loss {_span(losses, 2)}" + ("" if self.stacked else f"  recon {recon:.2f}")
             print(f"step {step}/{self.c.steps}{who}{detail}  {rate:.1f} steps/s", flush=True)
 
-    def _fail(self, failed: list[int]) -> None:
+    def _fail(self, failed: list[int], *, parameters: bool = False) -> None:
+        """Members ``failed`` leave, marked failed: their loss (or, ``parameters``, their weights) turned
+        non-finite. Their newest checkpoint is finite (none is written otherwise): the status names it."""
         step, since = self.step_count, self.steps_since
         values = self.sums  # the interval's sums: which terms are non-finite now
         for i in failed:
             m = self.members[i]
-            bad_terms = [k for k, v in zip(self.term_names, values[i].tolist(), strict=True) if not math.isfinite(v)]
+            if parameters:
+                what = f"non-finite parameters at step {step}"
+            else:
+                bad = [k for k, v in zip(self.term_names, values[i].tolist(), strict=True) if not math.isfinite(v)]
+                what = (f"non-finite loss within steps {step - since + 1}..{step} "
+                        f"(terms now non-finite: {', '.join(bad) or 'earlier in the interval'})")
+            good = (f"{m.last_good} (step {checkpoint_step_of(m.last_good)})" if m.last_good is not None
+                    else "none (no finite checkpoint was written)")
             m.status = {
                 "state": "failed",
                 "step": step,
-                "error": f"non-finite loss within steps {step - since + 1}..{step} "
-                f"(terms now non-finite: {', '.join(bad_terms) or 'earlier in the interval'}); "
-                f"last good checkpoint: {m.last_good}",
+                "error": f"{what}; last finite checkpoint: {good}",
             }
             m.run.write_status(m.status)
             m.writer.close()
@@ -360,6 +369,18 @@ class Trainer:
         self.noise_gens[:] = [m.noise_gen for m in self.members]
         if keep and self.dist.active:  # DistributedDataParallel holds the parameters it was given
             self.one_step = self._make_step()
+
+    def _leave_if_non_finite(self) -> None:
+        """Before a checkpoint: members whose loss turned non-finite since the last row (the check a row
+        makes, done early), then those whose parameters are non-finite, fail and leave."""
+        if self.bad is not None:
+            bad = (self.dist.max_(self.bad.to(torch.uint8)).bool() if self.dist.active else self.bad).tolist()
+            if any(bad):
+                self._fail([i for i, b in enumerate(bad) if b])
+        if self.members:
+            finite = self.slots.finite()
+            if not all(finite):
+                self._fail([i for i, ok in enumerate(finite) if not ok], parameters=True)
 
     def member_state(self, i: int, ranks: list | None = None) -> dict:
         """Member i's checkpoint, exactly a lone run's. Under torchrun also every process's generators
@@ -380,7 +401,12 @@ class Trainer:
         }
 
     def checkpoint(self) -> None:
-        """Every member's checkpoint of this step (rank 0 writes; under torchrun every process takes part)."""
+        """Every member's checkpoint of this step (rank 0 writes; under torchrun every process takes part).
+        A member whose loss since its last row, or whose parameters, are not finite leaves first
+        (failed): no non-finite checkpoint is ever written."""
+        self._leave_if_non_finite()
+        if not self.members:
+            return
         ranks = self.dist.gather([m.generators() for m in self.members]) if self.dist.active else None
         for i, m in enumerate(self.members):
             state = self.member_state(i, ranks) if self.dist.is_main else {}
@@ -453,6 +479,8 @@ class Trainer:
                         break
                 if step % c.ckpt_every == 0 or step % c.eval_every == 0 or step == c.steps:
                     self.checkpoint()  # at every evaluation step too (kept: scored again there by collect)
+                    if not self.members:  # the last ones turned non-finite
+                        break
                 if step % c.eval_every == 0 or step == c.steps:
                     if self.dist.is_main:
                         self.evaluate()
@@ -508,29 +536,31 @@ def _span(values: list[float], digits: int) -> str:
     return f"{min(values):.{digits}f}..{max(values):.{digits}f}"
 
 
-def train(config: TrainConfig, *, resume: Path | None = None) -> dict:
-    """Train as configured; returns the final status dict. Raises ValueError for bad options."""
+def train(config: TrainConfig, *, resume: Path | None = None, overwrite: bool = False) -> dict:
+    """Train as configured; returns the final status dict. Raises ValueError for bad options, and for a
+    fresh start into a directory that holds a run already, unless ``overwrite`` (its files are removed)."""
     if resume is not None:
         config = dataclasses.replace(config, out=str(resume))
-    return Trainer([config], resume=resume is not None).run()[0]
+    return Trainer([config], resume=resume is not None, overwrite=overwrite).run()[0]
 
 
-def train_ensemble(configs: list[TrainConfig], *, resume: bool = False) -> list[dict]:
+def train_ensemble(configs: list[TrainConfig], *, resume: bool = False, overwrite: bool = False) -> list[dict]:
     """Train the runs ``configs`` as one ensemble (see Trainer); returns each run's final status.
 
     They must agree on every option of ENSEMBLE_SHARED; each keeps its seed, hyperparameters and
     run directory. ``resume``: every member continues from its last checkpoint (all at one step).
+    ``overwrite``: as for :func:`train`, for every member's directory.
     """
-    return Trainer(configs, resume=resume, ensemble=True).run()
+    return Trainer(configs, resume=resume, ensemble=True, overwrite=overwrite).run()
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        configs, resume, ensemble = parse_args(argv, description=__doc__)
+        configs, resume, ensemble, overwrite = parse_args(argv, description=__doc__)
         if ensemble:
-            statuses = train_ensemble(configs, resume=resume)
+            statuses = train_ensemble(configs, resume=resume, overwrite=overwrite)
         else:
-            statuses = [train(configs[0], resume=Path(configs[0].out) if resume else None)]
+            statuses = [train(configs[0], resume=Path(configs[0].out) if resume else None, overwrite=overwrite)]
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -102,7 +102,7 @@ def test_job_command_follows_the_runs_on_disk(tmp_path):
     grid = three_run_grid(tmp_path)
     job = Job([grid.runs[0]], grid.out, "new")
     run_dir = grid.out / grid.runs[0].name
-    assert job.command()[-4:] == ["--config", str(run_dir / "sweep_options.json"), "--out", str(run_dir)]
+    assert job.command()[-5:] == ["--config", str(run_dir / "sweep_options.json"), "--out", str(run_dir), "--overwrite"]
     job.prepare()
     assert json.loads((run_dir / "sweep_options.json").read_text()) == grid.runs[0].options
     (run_dir / "checkpoints").mkdir()

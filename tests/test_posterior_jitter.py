@@ -101,11 +101,11 @@ def test_ensemble_refuses_members_with_different_jitters():
 
 
 def test_flag_alone_is_the_original_floor_and_a_value_is_taken():
-    (c,), _, _ = parse_args(["--posterior-jitter"])
+    (c,), _, _, _ = parse_args(["--posterior-jitter"])
     assert c.posterior_jitter == 1e-4
-    (c,), _, _ = parse_args(["--posterior-jitter", "0.01"])
+    (c,), _, _, _ = parse_args(["--posterior-jitter", "0.01"])
     assert c.posterior_jitter == 0.01
-    (c,), _, _ = parse_args([])
+    (c,), _, _, _ = parse_args([])
     assert c.posterior_jitter == 0.0
 
 

@@ -100,11 +100,12 @@ class Job:
         resume = all(run_state(d, steps or TrainConfig().steps) != "new" for d in dirs)
         base = [sys.executable, "-m", "chyvae_ext.train"]
         until = ["--steps", str(steps)] if steps is not None else []
+        # a fresh start replaces what an attempt that never checkpointed left (its first rows)
         if len(dirs) > 1:
-            return [*base, "--ensemble", *map(str, dirs), *(["--resume", *until] if resume else [])]
+            return [*base, "--ensemble", *map(str, dirs), *(["--resume", *until] if resume else ["--overwrite"])]
         if resume:
             return [*base, "--resume", str(dirs[0]), *until]
-        return [*base, "--config", str(dirs[0] / runfiles.SWEEP_OPTIONS), "--out", str(dirs[0])]
+        return [*base, "--config", str(dirs[0] / runfiles.SWEEP_OPTIONS), "--out", str(dirs[0]), "--overwrite"]
 
     def prepare(self) -> None:
         """The run directories, each run's options (sweep_options.json) and, in an ensemble, where its log is."""

@@ -230,6 +230,10 @@ class LoneMembers:
     def select(self, keep: list[int]) -> None:
         """Keeps the members ``keep`` (a lone model's one member stays)."""
 
+    def finite(self) -> list[bool]:
+        """Per member, whether every floating-point value of its model state is finite (one read)."""
+        return [_all_finite(self.model.state_dict())]
+
     def lone_model(self, m: int, build) -> nn.Module:
         """Member m as a lone model: the model itself (``build`` makes an empty lone model)."""
         return self.model
@@ -255,8 +259,16 @@ class StackedMembers(LoneMembers):
                 select_optimizer_members(opt, keep)
         select_members(self.model, keep)  # the discriminator's parameters with the rest
 
+    def finite(self) -> list[bool]:
+        return [_all_finite(member_state_dict(self.model, m)) for m in range(self.model.members)]
+
     def lone_model(self, m: int, build) -> nn.Module:
         """Member m as a lone model (a copy, built by ``build`` and loaded with m's parameters)."""
         model = build()
         model.load_state_dict(member_state_dict(self.model, m))
         return model
+
+
+def _all_finite(state: dict) -> bool:
+    flags = [torch.isfinite(v).all() for v in state.values() if torch.is_tensor(v) and v.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
