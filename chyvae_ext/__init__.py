@@ -14,7 +14,8 @@ The rooms, from the op up (each module imports only rooms listed above it, and n
   ``build.py`` (a configuration to its model, dataset, fixed batches and held-out terms),
   ``step.py`` (one optimisation step, eager or compiled), and
   ``train.py`` (the loop, Trainer, and ``python -m chyvae_ext.train``);
-  ``distributed.py`` holds what torchrun changes in the loop.
+  ``distributed.py`` holds what torchrun changes in the loop, ``looptools.py`` what the loop runs
+  inside (signals as a flag, the progress bar, flushed denormals).
 - the readers of runs: ``evaluate.py`` (score a run), ``plots.py`` (its pictures), ``explore.py``
   (the explorer page), ``experiments/`` (grids, sweeps and their launchers, collect, figures).
 """

@@ -11,6 +11,7 @@ A run directory holds::
     eval.json            the last ``python -m chyvae_ext.evaluate``
     scores.json          scores cached by ``collect`` (chyvae_ext.experiments.scores)
     tb/                  TensorBoard events
+    .lock                held (fcntl) by the trainer writing the run, its PID inside
     reconstructions.png, samples.png, traversals.png, traversals.gif, curves.png
 
 Training writes it through :class:`Run` (rank 0 under torchrun; the other ranks hold a
@@ -34,6 +35,7 @@ SWEEP_OPTIONS = "sweep_options.json"
 LOG = "train.log"
 EVAL = "eval.json"
 SCORES = "scores.json"
+LOCK = ".lock"
 TENSORBOARD = "tb"
 PICTURES = ("reconstructions.png", "samples.png", "traversals.png", "traversals.gif", "curves.png")
 
@@ -136,6 +138,35 @@ class Run:
         except OSError as exc:
             raise ValueError(f"--out {self.root} is not writable: {exc}") from exc
 
+    def lock(self) -> None:
+        """Takes the run directory for this process (an exclusive ``fcntl`` lock on ``.lock``, held until
+        :meth:`unlock` or the process ends: the kernel frees a dead process's lock, so none goes stale);
+        a ValueError naming the PID holding it where another trainer has it."""
+        import fcntl
+
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ValueError(f"--out {self.root} is not writable: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ValueError(f"{self.root} is being trained by another process (PID {holder}, holding "
+                             f"{self.root / LOCK}); wait for it to end or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        """Releases :meth:`lock` (nothing where it was not taken)."""
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the lock
+            self._lock_fd = None
+
     def held(self) -> list[str]:
         """What an earlier run left here that a fresh start would lose: its config, metrics, status and
         checkpoints ([] for a new directory, or one holding only a sweep's options)."""
@@ -236,6 +267,9 @@ class ReadOnlyRun(Run):
 
     def clear(self) -> None:
         pass  # rank 0 removes the earlier run's files
+
+    def lock(self) -> None:
+        pass  # rank 0 holds the run's lock
 
     def save_checkpoint(self, state: dict, step: int, keep: int, keep_every: int | None = None) -> Path:
         return self.ckpt_dir / checkpoint_name(step)

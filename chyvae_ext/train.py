@@ -29,7 +29,6 @@ DistributedDataParallel (``--batch-size`` the global batch; see chyvae_ext.distr
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -44,6 +43,7 @@ from . import build
 from .config import ENSEMBLE_SHARED, TrainConfig, check_config, check_ensemble, parse_args
 from .data.base import GroundTruthDataset
 from .distributed import Distributed, rank_seed
+from .looptools import NoWriter, StopRequested, flush_denormals, progress_bar
 from .metrics import SharedEncodings, make_encoder, parse_metrics, score
 from .models.ensemble import LoneMembers, StackedMembers, stack_models
 from .plots import save_curves, save_model_pictures
@@ -51,61 +51,6 @@ from .runfiles import ReadOnlyRun, Run, checkpoint_step_of, load_checkpoint
 from .step import adam_options, make_step
 
 __all__ = ["ENSEMBLE_SHARED", "Trainer", "TrainConfig", "flush_denormals", "main", "train", "train_ensemble"]
-
-
-class _NoWriter:
-    """TensorBoard's writer where rank 0 writes and this process does not."""
-
-    def add_scalar(self, *args, **kwargs) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class StopRequested:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps."""
-
-    def __init__(self):
-        self.signal: int | None = None
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def _progress(total: int, initial: int):
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-
-        return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-    return None
-
-
-@contextlib.contextmanager
-def flush_denormals(device: torch.device):
-    """On a CPU, float arithmetic flushes denormal numbers (below 1.2e-38 in float32) to zero while the
-    block runs (``torch.set_flush_denormal``), and stops at its end (the process's default).
-
-    A decoder that has learnt the background gives logits of -100 and below there; their sigmoid, and
-    so the BCE's gradient, is denormal, and x86 cores take a slow path for every operation on a
-    denormal: training slows down once the background is learnt (``benchmarks/bench_denormals.py``).
-    The values flushed are below 1.2e-38, far below anything the loss or its gradients resolve."""
-    flush = device.type == "cpu" and torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        if flush:
-            torch.set_flush_denormal(False)
 
 
 class Member:
@@ -162,6 +107,22 @@ class Trainer:
         self.dataset = build.open_dataset(c)
         self.device = device = torch.device(self.dist.device(c.device))
         self.members = [Member(cfg, device, self.dist) for cfg in self.configs]
+        self._locked = list(self.members)  # one trainer a run directory, for this trainer's life
+        try:
+            for m in self.members:
+                m.run.lock()
+            self._set_up(resume, overwrite)
+        except BaseException:
+            self.unlock()
+            raise
+
+    def unlock(self) -> None:
+        """Releases the run directories' locks (run() does at its end)."""
+        for m in self._locked:
+            m.run.unlock()
+
+    def _set_up(self, resume: bool, overwrite: bool) -> None:
+        c, device = self.c, self.device
         if not resume:  # a fresh start: nothing of an earlier run may be mixed in
             for m in self.members:
                 m.run.claim(overwrite)
@@ -185,7 +146,7 @@ class Trainer:
             if self.dist.is_main:
                 m.writer = SummaryWriter(str(m.run.root / "tb"), purge_step=self.step_count or None)
             else:
-                m.writer = _NoWriter()
+                m.writer = NoWriter()
             m.last_good = m.run.checkpoint()
         self.noise_gens = [m.noise_gen for m in self.members]  # shortened in place when a member leaves
         self.one_step = self._make_step()
@@ -459,13 +420,19 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------------------------------
     def run(self) -> list[dict]:
         """Trains to the configured steps (or a signal, or every member failing); returns each
-        member's final status, in the order of the configs."""
+        member's final status, in the order of the configs. The run directories' locks end with it."""
+        try:
+            return self._run()
+        finally:
+            self.unlock()
+
+    def _run(self) -> list[dict]:
         c = self.c
         order = list(self.members)
         for m in self.members:
             m.status = {"state": "running", "step": self.step_count}
             m.run.write_status(m.status)
-        self.bar = _progress(c.steps, self.step_count) if self.dist.is_main else None
+        self.bar = progress_bar(c.steps, self.step_count) if self.dist.is_main else None
         self.model.train()
         self.t_last, self.steps_since = time.perf_counter(), 0
         self.started_at = self.step_count

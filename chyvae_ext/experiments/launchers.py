@@ -54,6 +54,14 @@ def require(module: str, extra: str):
         ) from exc
 
 
+def die_with_parent() -> None:
+    """In a child process before it runs (Linux): SIGTERM when its parent dies (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+
 def run_state(run_dir: Path, steps: int) -> str:
     """finished | resumable | new, from what is on disk."""
     try:
@@ -120,10 +128,13 @@ class Job:
                 log.write(f"trained in an ensemble of {len(self.specs)}; its log: {self.log}\n")
 
     def start(self, env: dict) -> subprocess.Popen:
-        """The training process, its output appended to the log."""
+        """The training process, its output appended to the log; on Linux it is sent SIGTERM (it
+        checkpoints and stops) when the process that started it dies, even by kill -9, so that no
+        orphan trains on while a rerun of the sweep resumes the same run."""
         self.prepare()
         with open(self.log, "a") as log:
-            return subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+            return subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
 
     def run(self, env_extra: dict, on_start=None) -> int:
         """Runs the training process to its end here (a Ray task's or SLURM task's body): returns its exit

@@ -1,0 +1,67 @@
+"""What the training loop runs inside: SIGINT/SIGTERM turned into a flag checked between steps, the
+progress bar, flushed denormals on a CPU, and a silent TensorBoard writer for the processes that do
+not write (torchrun's ranks above 0)."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+
+import torch
+
+
+class NoWriter:
+    """TensorBoard's writer where rank 0 writes and this process does not."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class StopRequested:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def progress_bar(total: int, initial: int):
+    """A tqdm bar on a terminal (stderr), None elsewhere (the loop prints a line per row instead)."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+    return None
+
+
+@contextlib.contextmanager
+def flush_denormals(device: torch.device):
+    """On a CPU, float arithmetic flushes denormal numbers (below 1.2e-38 in float32) to zero while the
+    block runs (``torch.set_flush_denormal``), and stops at its end (the process's default).
+
+    A decoder that has learnt the background gives logits of -100 and below there; their sigmoid, and
+    so the BCE's gradient, is denormal, and x86 cores take a slow path for every operation on a
+    denormal: training slows down once the background is learnt (``benchmarks/bench_denormals.py``).
+    The values flushed are below 1.2e-38, far below anything the loss or its gradients resolve."""
+    flush = device.type == "cpu" and torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if flush:
+            torch.set_flush_denormal(False)
