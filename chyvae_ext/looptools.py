@@ -21,12 +21,18 @@ class NoWriter:
         pass
 
 
+class Interrupted(Exception):
+    """A signal came during work that is abandoned rather than finished (an evaluation)."""
+
+
 class StopRequested:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps."""
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps; inside :meth:`interrupting`, a
+    signal also raises :class:`Interrupted` at once (a long evaluation is abandoned, not awaited)."""
 
     def __init__(self):
         self.signal: int | None = None
         self._old = {}
+        self._raise = False
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -35,6 +41,20 @@ class StopRequested:
 
     def _handle(self, signum, frame):
         self.signal = signum
+        if self._raise:
+            self._raise = False
+            raise Interrupted(signal.Signals(signum).name)
+
+    @contextlib.contextmanager
+    def interrupting(self):
+        """A block a signal interrupts (Interrupted is raised in it); one that came before it raises at once."""
+        if self.signal is not None:
+            raise Interrupted(signal.Signals(self.signal).name)
+        self._raise = True
+        try:
+            yield
+        finally:
+            self._raise = False
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():

@@ -43,11 +43,11 @@ from . import build
 from .config import ENSEMBLE_SHARED, TrainConfig, check_config, check_ensemble, parse_args
 from .data.base import GroundTruthDataset
 from .distributed import Distributed, rank_seed
-from .looptools import NoWriter, StopRequested, flush_denormals, progress_bar
+from .looptools import Interrupted, NoWriter, StopRequested, flush_denormals, progress_bar
 from .metrics import SharedEncodings, make_encoder, parse_metrics, score
 from .models.ensemble import LoneMembers, StackedMembers, stack_models
 from .plots import save_curves, save_model_pictures
-from .runfiles import ReadOnlyRun, Run, checkpoint_step_of, load_checkpoint
+from .runfiles import ReadOnlyRun, Run, checkpoint_step_of, load_checkpoint, read_metrics
 from .step import adam_options, make_step
 
 __all__ = ["ENSEMBLE_SHARED", "Trainer", "TrainConfig", "flush_denormals", "main", "train", "train_ensemble"]
@@ -437,6 +437,8 @@ class Trainer:
         self.t_last, self.steps_since = time.perf_counter(), 0
         self.started_at = self.step_count
         with StopRequested() as stop, flush_denormals(self.device):
+            if self._evaluation_missing():  # resumed at an evaluation step whose row was lost (a kill)
+                self._evaluate_here(stop)
             while self.step_count < c.steps and not self._stopping(stop) and self.members:
                 self.step()
                 step = self.step_count
@@ -449,15 +451,33 @@ class Trainer:
                     if not self.members:  # the last ones turned non-finite
                         break
                 if step % c.eval_every == 0 or step == c.steps:
-                    if self.dist.is_main:
-                        self.evaluate()
-                        self.pictures()
-                    self.dist.barrier()  # the other processes wait for rank 0's evaluation
+                    self._evaluate_here(stop)
             self.finish(stop.signal if stop.signal is not None or not self._stopped_elsewhere else signal.SIGTERM)
         self.dist.close()
         if self.bar is not None:
             self.bar.close()
         return [m.status for m in order]
+
+    def _evaluate_here(self, stop: StopRequested) -> None:
+        """The evaluation and pictures of this step (rank 0; the others wait). A signal abandons it at
+        once: the step's checkpoint is written already, and a resume evaluates the step again."""
+        if self.dist.is_main:
+            try:
+                with stop.interrupting():
+                    self.evaluate()
+                    self.pictures()
+            except Interrupted as why:
+                print(f"stopped by {why} during the evaluation of step {self.step_count}: abandoned; its "
+                      "checkpoint is kept and a resume evaluates it", file=sys.stderr, flush=True)
+        self.dist.barrier()  # the other processes wait for rank 0's evaluation
+
+    def _evaluation_missing(self) -> bool:
+        """Whether this step is an evaluation step, checkpointed, without its eval row (a resumed run)."""
+        step, c = self.step_count, self.c
+        if step == 0 or not (step % c.eval_every == 0 or step == c.steps):
+            return False
+        return any(not any(r.get("kind") == "eval" and r.get("step") == step for r in read_metrics(m.run.root))
+                   for m in self.members)
 
     def _stopping(self, stop: StopRequested) -> bool:
         """Whether a signal came (to any process under torchrun: every process stops after the same step)."""
