@@ -122,6 +122,22 @@ def load_checkpoint(path: Path | None, device: torch.device) -> dict | None:
     return state
 
 
+class WriteFailed(OSError):
+    """Writing a run file failed (a full disk, an I/O error): the reason and the file, in one line."""
+
+    def __init__(self, exc: BaseException, path: Path):
+        errno_ = getattr(exc, "errno", None)
+        if errno_ is None and "file write failed" in str(exc):  # torch's writer hides ENOSPC's errno
+            reason = "the write failed (is the disk full?)"
+        else:
+            reason = os.strerror(errno_).lower() if errno_ else (str(exc).strip().splitlines() or [""])[0]
+        super().__init__(errno_, f"{reason} writing {path}")
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
 class Run:
     """The run directory: config, metrics, status, checkpoints and pictures."""
 
@@ -237,8 +253,12 @@ class Run:
         are multiples of ``keep_every`` (the evaluation steps: kept, so a run can be scored again there)."""
         path = self.ckpt_dir / checkpoint_name(step)
         tmp = path.with_suffix(".pt.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # a reader never sees a half-written checkpoint
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, path)  # a reader never sees a half-written checkpoint
+        except (OSError, RuntimeError) as exc:  # a full disk: OSError, or torch's writer's RuntimeError
+            tmp.unlink(missing_ok=True)
+            raise WriteFailed(exc, path) from exc
         for old in self.checkpoints()[:-keep]:
             if keep_every is None or checkpoint_step_of(old) % keep_every != 0:
                 old.unlink()

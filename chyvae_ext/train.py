@@ -423,8 +423,22 @@ class Trainer:
         member's final status, in the order of the configs. The run directories' locks end with it."""
         try:
             return self._run()
+        except OSError as exc:  # a full disk or another I/O error: one line, the status says why
+            return self._write_failed(exc)
         finally:
             self.unlock()
+
+    def _write_failed(self, exc: OSError) -> list[dict]:
+        for m in self.members:
+            m.status = {"state": "failed", "step": self.step_count,
+                        "error": f"{exc}; free the space (or fix the device) and continue with --resume {m.run.root}"}
+            try:
+                m.run.write_status(m.status)
+            except OSError:
+                pass  # the disk is full: the message below still says it
+            if self.dist.is_main:
+                print(f"error: {m.status['error']}", file=sys.stderr, flush=True)
+        return [m.status for m in self._locked if hasattr(m, "status")]
 
     def _run(self) -> list[dict]:
         c = self.c
