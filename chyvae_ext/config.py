@@ -101,9 +101,14 @@ def fast_bf16(device: str) -> bool:
 
     On the CPU, oneDNN's own check also says yes on plain AVX-512, where bf16 is emulated and a
     training step is slower than in fp32 (benchmarks/RESULTS.md): where the CPU's flags can be read,
-    they decide.
+    they decide. A device that is not one (``--device foo``) has none: check_config names it.
     """
-    dev = torch.device(device)
+    if not isinstance(device, str):
+        return False
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        return False
     if dev.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     flags = cpu_flags()
@@ -115,8 +120,50 @@ def fast_bf16(device: str) -> bool:
         return False
 
 
-def check_config(c: TrainConfig) -> None:
-    """Every invalid option or combination, before anything is built."""
+BOOL_OPTIONS = ("learn_nu", "compile")  # include_shape is checked with --no-shape-factor's message
+STR_OPTIONS = ("model", "dataset", "device", "precision", "impl", "init", "metrics", "metric_protocol")
+OPTIONAL_STR_OPTIONS = ("data_root", "out")
+FLOAT_OPTIONS = ("nu", "posterior_jitter", "beta", "gamma", "lambda_od", "lambda_d_factor", "c_max", "lr")
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def check_types(c: TrainConfig) -> None:
+    """Each option's type (a config file can hold anything): booleans are true or false, names are
+    strings, the seed an integer below 2**63."""
+    for name in BOOL_OPTIONS:
+        v = getattr(c, name)
+        if not isinstance(v, bool):
+            raise ValueError(f"{_flag(name)} must be true or false, got {v!r}")
+    for name in STR_OPTIONS + OPTIONAL_STR_OPTIONS:
+        v = getattr(c, name)
+        if not isinstance(v, str) and not (v is None and name in OPTIONAL_STR_OPTIONS):
+            raise ValueError(f"{_flag(name)} must be a string, got {v!r} ({type(v).__name__})")
+    check_int("--seed", c.seed)
+    if c.seed >= 2**63:
+        raise ValueError(f"--seed must be below 2**63 (torch's generators take 64-bit seeds), got {c.seed}")
+
+
+def read_numbers(values: dict, where: str) -> dict:
+    """``values`` with a string that reads as a number taken as that number for a numeric option: YAML
+    1.1 (PyYAML) reads ``1e-3`` as a string (it wants ``1.0e-3``)."""
+    out = dict(values)
+    for name in FLOAT_OPTIONS:
+        v = out.get(name)
+        if isinstance(v, str):
+            try:
+                out[name] = float(v)
+            except ValueError:
+                raise ValueError(f"{where}: {name} must be a number, got {v!r}") from None
+    return out
+
+
+def check_config(c: TrainConfig, *, check_device: bool = True) -> None:
+    """Every invalid option or combination, before anything is built (``check_device``: also that the
+    device is there, which a sweep leaves to the machine each run trains on)."""
+    check_types(c)
     if c.model not in MODELS:
         raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {c.model!r}")
     for name in (
@@ -179,28 +226,41 @@ def check_config(c: TrainConfig) -> None:
         dev = torch.device(c.device)
     except RuntimeError as exc:
         raise ValueError(f"--device {c.device!r} is not a device: {exc}") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    if check_device and dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {c.device}: no CUDA GPU is available")
+
+
+def read_mapping_file(p: Path, what: str):
+    """A YAML (.yaml, .yml) or JSON file's contents; a syntax error is a ValueError naming the file and
+    the line."""
+    text = p.read_text()
+    if p.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            return yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ValueError(f"{what} {p}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} {p}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
 
 
 def load_config_file(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"--config: no file at {p}")
-    text = p.read_text()
-    if p.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
+    data = read_mapping_file(p, "--config")
     if not isinstance(data, dict):
         raise ValueError(f"--config {p}: expected a mapping of options, got {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ValueError(f"--config {p}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return data
+    return read_numbers(data, f"--config {p}")
 
 
 ENSEMBLE_SHARED = (

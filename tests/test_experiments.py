@@ -110,13 +110,15 @@ def test_dry_run_writes_nothing(tmp_path):
 
 
 def test_a_failing_run_is_reported_and_the_rest_go_on(tmp_path, capsys):
-    path = write_grid(tmp_path / "g.yaml", seeds=[0], runs=[{"model": "chyvae", "nu": [2, 50]}])  # nu=2 <= d-1
+    # dsprites without its file: a configuration that checks out, and a run that fails when it opens the data
+    path = write_grid(tmp_path / "g.yaml", seeds=[0], runs=[{"model": "chyvae", "dataset": ["dsprites", "shapes2d"]}])
     assert main(["sweep", "--grid", str(path)]) == 1
     out = capsys.readouterr().out
-    assert "failed chyvae-nu2-seed0 (exit 2" in out and "see " in out and "finished chyvae-nu50-seed0" in out
-    assert "--nu must be greater than" in (tmp_path / "runs" / "chyvae-nu2-seed0" / "train.log").read_text()
+    bad, good = "chyvae-datasetdsprites-seed0", "chyvae-datasetshapes2d-seed0"
+    assert f"failed {bad} (exit 2" in out and "see " in out and f"finished {good}" in out
+    assert "root is required" in (tmp_path / "runs" / bad / "train.log").read_text()
     status = json.loads((tmp_path / "runs" / "sweep_status.json").read_text())
-    assert status["failed"] == ["chyvae-nu2-seed0"] and status["finished"] == ["chyvae-nu50-seed0"]
+    assert status["failed"] == [bad] and status["finished"] == [good]
 
 
 def test_interrupt_then_rerun_finishes(tmp_path):

@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import os
 from pathlib import Path
 
 from .._checks import check_int
-from ..config import TrainConfig
+from ..config import TrainConfig, read_mapping_file, read_numbers
 
 _KNOWN = {f.name for f in dataclasses.fields(TrainConfig)} - {"out", "seed"}
 _GRID_KEYS = {
@@ -127,8 +126,12 @@ def expand_grid(spec: dict, *, base: Path = Path(".")) -> Grid:
         for values in itertools.product(*(entry[k] for k in swept_keys)):
             swept = dict(zip(swept_keys, values, strict=True))
             for seed in seeds:
-                opts = {**options, **swept, "seed": seed}
-                runs.append(RunSpec(_name(opts["model"], swept, seed), opts, swept))
+                opts = read_numbers({**options, **swept, "seed": seed}, f"grid: runs[{i}]")
+                name = _name(opts["model"], swept, seed)
+                if "/" in name or "\\" in name or name.startswith("."):
+                    raise ValueError(f"grid: runs[{i}]: the run directory name {name!r} (from the swept values) "
+                                     "would leave the sweep's out directory; use values without / or \\")
+                runs.append(RunSpec(name, opts, swept))
     names = [r.name for r in runs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -169,11 +172,5 @@ def load_grid(path: str | Path, overrides: dict | None = None) -> Grid:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"--grid: no file at {p}")
-    text = p.read_text()
-    if p.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        spec = yaml.safe_load(text)
-    else:
-        spec = json.loads(text)
+    spec = read_mapping_file(p, "--grid")
     return expand_grid(apply_overrides(spec, overrides or {}), base=p.parent)

@@ -58,6 +58,18 @@ def plan_jobs(grid: Grid, todo: list[tuple[RunSpec, str]]) -> list[Job]:
     return sorted(jobs, key=lambda job: job.state != "resumable")  # stable: the grid's order otherwise
 
 
+def check_runs(grid: Grid) -> None:
+    """Every run's configuration checked before the first starts (a typo in the grid fails now, not
+    when its run's turn comes hours later); the device is checked where each run trains."""
+    from ..config import TrainConfig, check_config
+
+    for spec in grid.runs:
+        try:
+            check_config(TrainConfig(**spec.options).resolved(), check_device=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"grid: run {spec.name}: {exc}") from None
+
+
 def sweep(grid: Grid, *, dry_run: bool = False, echo=print, launcher: str | None = None, **launcher_options) -> dict:
     """Run every unfinished run of ``grid``; returns {name: finished|failed|interrupted|skipped}.
 
@@ -65,6 +77,7 @@ def sweep(grid: Grid, *, dry_run: bool = False, echo=print, launcher: str | None
     slurm_partition, slurm_time, slurm_cluster (see chyvae_ext.experiments.launchers)."""
     from ..config import TrainConfig
 
+    check_runs(grid)
     launcher = launcher or grid.launcher
     runner = make_launcher(launcher, grid, **launcher_options)
     grid.out.mkdir(parents=True, exist_ok=True)
