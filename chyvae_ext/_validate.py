@@ -88,12 +88,21 @@ def _nu_tensor(value: float) -> torch.Tensor:
     return torch.tensor(value, dtype=torch.float64)
 
 
+NU_MAX = 1e12  # beyond it float64 itself loses R: its terms of order nu * d * log(nu) cancel to a few nats
+
+
 def _check_nu_value(value: float, d: int) -> None:
     if not math.isfinite(value) or value <= d - 1:
         raise ValueError(f"nu must be finite and greater than d - 1 = {d - 1} (d = {d}), got {value}")
+    if value > NU_MAX:
+        raise ValueError(f"nu must be at most {NU_MAX:g}, got {value:g}: the regulariser's terms of order "
+                         "nu * d * log(nu) cancel to a few nats, more digits than float64 holds beyond it "
+                         "(at nu = 1e13 R is off by about half a nat)")
 
 
 def _check_nu_rows(nu: torch.Tensor, d: int) -> None:
+    if bool((nu > NU_MAX).any()):
+        _check_nu_value(float(nu.max()), d)
     bad = ~(torch.isfinite(nu) & (nu > d - 1))
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])

@@ -8,7 +8,7 @@ import torch
 
 from . import _C, _arch, _build_config
 from ._checks import check_non_negative
-from ._validate import check_impl, check_regularizer_inputs
+from ._validate import NU_MAX, check_impl, check_regularizer_inputs
 from .reference import regularizer_from_checked
 
 _OPS = torch.ops.chyvae_ext
@@ -135,7 +135,7 @@ def chyvae_regularizer(
     if posterior_jitter != 0:
         check_regularizer_inputs(mu, L, z, nu, prior_cov)  # names a wrong L before it is factorised
         L = jittered_cholesky(L, posterior_jitter)
-    if not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and not (isinstance(nu, float) and nu > NU_MAX):
         # The common eager call is checked and run in C++ (python/module.cpp); None means the call
         # is outside it (or wrong), and the checks below take over and name what is wrong.
         out = _C.regularizer_fast(mu, L, z, nu, prior_cov, constants, impl)

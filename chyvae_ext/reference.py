@@ -30,14 +30,18 @@ def multivariate_lgamma(a: torch.Tensor, d: int) -> torch.Tensor:
 
 
 def regularizer_from_checked(inp: RegularizerInputs, constants: bool, jitter: float = 0.0) -> torch.Tensor:
-    """R of SPEC 1.1 for validated inputs, in the compute dtype. Reads nothing back to the host.
+    """R of SPEC 1.1 for validated inputs, computed (and returned) in float64 where the device has it,
+    else in the compute dtype; the callers cast it to the inputs'. Reads nothing back to the host.
 
     jitter: the posterior covariance is C = L L^T + jitter * I, formed and factorised as written
     (the original code's floor when 1e-4)."""
-    mu = inp.mu
-    z = inp.z if inp.z.dim() == 3 else inp.z.unsqueeze(1)
+    # float64 where the device has it: the terms of order nu * d * log(nu) cancel to a few nats, which
+    # float32 loses from nu ~ 1e5 on (the kernels keep their nu-dependent scalars in float64 too)
+    work = torch.float64 if inp.mu.device.type in ("cpu", "cuda") else inp.mu.dtype
+    mu = inp.mu.to(work)
+    z = (inp.z if inp.z.dim() == 3 else inp.z.unsqueeze(1)).to(work)
     n, k, d = z.shape
-    L = torch.tril(inp.L)
+    L = torch.tril(inp.L).to(work)
     if inp.nu.device == mu.device:
         nu = inp.nu.to(mu.dtype)
     elif inp.nu.requires_grad:
@@ -48,7 +52,7 @@ def regularizer_from_checked(inp: RegularizerInputs, constants: bool, jitter: fl
         sigma0 = inp.prior_scale * torch.eye(d, dtype=mu.dtype, device=mu.device)
         logdet_sigma0 = d * math.log(inp.prior_scale)
     else:
-        sigma0 = inp.prior_cov
+        sigma0 = inp.prior_cov.to(work)
         logdet_sigma0 = inp.prior_logdet
     s = torch.clamp(nu - d - 1, min=1.0)
     psi = (s[:, None, None] if s.dim() == 1 else s) * sigma0

@@ -357,3 +357,24 @@ def test_autograd_node_behaves_like_torchs_own():
 
     with fwad.dual_level(), pytest.raises(RuntimeError, match="does not support forward-mode"):
         chyvae_regularizer(fwad.make_dual(mu, torch.ones_like(mu)), L, z, 9.0, impl="fused")
+
+
+@pytest.mark.parametrize("nu", [1e5, 1e7, 1e9])
+def test_float32_reference_at_large_nu_matches_float64(nu):
+    """The reference computes in float64: float32 inputs at a large nu give float64's R (it used to be
+    1.2% off at 1e5, -128 instead of -9.96 at 1e7 and of the wrong sign at 1e9)."""
+    mu, L, z = make_inputs(4, 10, seed=1)
+    exact = chyvae_regularizer_ref(mu, L, z, nu)
+    got = chyvae_regularizer_ref(mu.float(), L.float(), z.float(), nu)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got.double(), exact, rtol=1e-6, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference", "auto"])
+def test_nu_beyond_float64s_reach_is_refused(impl):
+    mu, L, z = make_inputs(4, 10, seed=1)
+    call = chyvae_regularizer_ref if impl == "reference" else partial(chyvae_regularizer, impl=impl)
+    for nu in (1e13, torch.tensor(1e13, dtype=torch.float64), torch.full((4,), 1e13, dtype=torch.float64)):
+        with pytest.raises(ValueError, match=r"nu must be at most 1e\+12, got 1e\+13: the regulariser's terms"):
+            call(mu, L, z, nu)
+    assert torch.isfinite(call(mu, L, z, 1e12)).all()
