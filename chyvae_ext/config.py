@@ -417,6 +417,9 @@ def parse_args(argv: list[str] | None, *, description: str | None = None
     values: dict = {}
     if resume is not None:
         values.update(runfiles.read_config(resume, what="--resume"))
+        if "out" in flags and Path(flags["out"]).resolve() != Path(resume).resolve():
+            raise ValueError(f"--resume {resume} continues that run in its own directory; --out {flags['out']} "
+                             "cannot go with it (to branch a run, copy its directory and resume the copy)")
         values["out"] = str(resume)
     values.update(extra)
     values.update(flags)

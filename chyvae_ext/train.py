@@ -202,6 +202,9 @@ class Trainer:
             m.set_generators(state["ranks"][self.dist.rank] if self.dist.active else state)
         torch.set_rng_state(states[0]["torch_rng"])
         self.step_count = states[0]["step"]
+        if self.c.steps < self.step_count:
+            raise ValueError(f"--steps {self.c.steps} is fewer than the {self.step_count} steps the run has done; "
+                             f"give --steps {self.step_count} or more (its config.json is left as it is)")
         for m in self.members:
             m.run.truncate_metrics(self.step_count)
 
@@ -374,6 +377,8 @@ class Trainer:
             m.last_good = m.run.save_checkpoint(
                 state, self.step_count, m.config.keep_checkpoints, keep_every=m.config.eval_every
             )
+            m.status = {"state": "running", "step": self.step_count, "checkpoint": str(m.last_good)}
+            m.run.write_status(m.status)  # where the run stands, for a reader while it trains
 
     def member_model(self, i: int) -> torch.nn.Module:
         """Member i as a lone model on the device (an ensemble's: a copy)."""

@@ -75,3 +75,36 @@ def test_a_directory_with_only_sweep_options_is_a_fresh_start(tmp_path):
 def test_held_names_what_a_run_left(tmp_path, left):
     (tmp_path / left).write_text("{}")
     assert Run(tmp_path).held() == [left]
+
+
+def test_resume_refuses_fewer_steps_than_done_and_leaves_the_config(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TINY, "--out", str(out)]) == 0
+    before = (out / "config.json").read_text()
+    assert main(["--resume", str(out), "--steps", "2"]) == 2
+    assert "--steps 2 is fewer than the 4 steps the run has done; give --steps 4 or more" in capsys.readouterr().err
+    assert (out / "config.json").read_text() == before
+
+
+def test_resume_with_another_out_is_refused_and_creates_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TINY, "--out", str(out)]) == 0
+    assert main(["--resume", str(out), "--out", str(tmp_path / "other")]) == 2
+    assert "cannot go with it (to branch a run, copy its directory" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
+def test_status_says_the_step_of_each_checkpoint_while_running(tmp_path, monkeypatch):
+    from chyvae_ext.train import Trainer
+
+    seen = []
+    checkpoint = Trainer.checkpoint
+
+    def recording(self):
+        checkpoint(self)
+        seen.append(json.loads((self.members[0].run.root / "status.json").read_text()))
+
+    monkeypatch.setattr(Trainer, "checkpoint", recording)
+    assert main([*TINY, "--out", str(tmp_path / "run")]) == 0
+    assert [(s["state"], s["step"]) for s in seen] == [("running", 2), ("running", 4)]
+    assert seen[0]["checkpoint"].endswith("step_00000002.pt")
