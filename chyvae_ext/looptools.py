@@ -1,6 +1,6 @@
 """What the training loop runs inside: SIGINT/SIGTERM turned into a flag checked between steps, the
-progress bar, flushed denormals on a CPU, and a silent TensorBoard writer for the processes that do
-not write (torchrun's ranks above 0)."""
+progress bar and its lines, flushed denormals on a CPU, and a silent TensorBoard writer for the
+processes that do not write (torchrun's ranks above 0)."""
 
 from __future__ import annotations
 
@@ -85,3 +85,23 @@ def flush_denormals(device: torch.device):
     finally:
         if flush:
             torch.set_flush_denormal(False)
+
+
+def span(values: list[float], digits: int) -> str:
+    """One value, or the range over an ensemble's members."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{min(values):.{digits}f}..{max(values):.{digits}f}"
+
+
+def show_progress(bar, step: int, steps: int, since: int, rate: float, losses: list[float],
+                  recon: float | None) -> None:
+    """The bar's update for ``since`` more steps, or (``bar`` None: no terminal) one printed line;
+    ``losses``: every member's mean loss over them, ``recon`` a lone run's reconstruction."""
+    if bar is not None:
+        bar.update(since)
+        bar.set_postfix(loss=span(losses, 1), steps_s=f"{rate:.1f}")
+        return
+    who = f"  {len(losses)} members" if recon is None else ""
+    detail = f"  loss {span(losses, 2)}" + ("" if recon is None else f"  recon {recon:.2f}")
+    print(f"step {step}/{steps}{who}{detail}  {rate:.1f} steps/s", flush=True)

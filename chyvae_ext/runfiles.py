@@ -183,6 +183,10 @@ class Run:
             os.close(fd)  # closing the descriptor releases the lock
             self._lock_fd = None
 
+    def has_evaluation(self, step: int) -> bool:
+        """Whether metrics.jsonl holds an eval row of ``step``."""
+        return any(r.get("kind") == "eval" and r.get("step") == step for r in read_metrics(self.root))
+
     def held(self) -> list[str]:
         """What an earlier run left here that a fresh start would lose: its config, metrics, status and
         checkpoints ([] for a new directory, or one holding only a sweep's options)."""

@@ -43,11 +43,11 @@ from . import build
 from .config import ENSEMBLE_SHARED, TrainConfig, check_config, check_ensemble, parse_args
 from .data.base import GroundTruthDataset
 from .distributed import Distributed, rank_seed
-from .looptools import Interrupted, NoWriter, StopRequested, flush_denormals, progress_bar
+from .looptools import Interrupted, NoWriter, StopRequested, flush_denormals, progress_bar, show_progress
 from .metrics import SharedEncodings, make_encoder, parse_metrics, score
 from .models.ensemble import LoneMembers, StackedMembers, stack_models
 from .plots import save_curves, save_model_pictures
-from .runfiles import ReadOnlyRun, Run, checkpoint_step_of, load_checkpoint, read_metrics
+from .runfiles import ReadOnlyRun, Run, checkpoint_step_of, load_checkpoint
 from .step import adam_options, make_step
 
 __all__ = ["ENSEMBLE_SHARED", "Trainer", "TrainConfig", "flush_denormals", "main", "train", "train_ensemble"]
@@ -291,14 +291,9 @@ class Trainer:
     def _print_progress(self, step: int, since: int, rate: float, all_sums: list[list[float]]) -> None:
         """The progress bar's update, or (no terminal) one line on rank 0."""
         losses = [s[self.term_names.index("loss")] / since for s in all_sums]
-        if self.bar is not None:
-            self.bar.update(since)
-            self.bar.set_postfix(loss=_span(losses, 1), steps_s=f"{rate:.1f}")
-        elif self.dist.is_main:
-            who = f"  {len(self.members)} members" if self.stacked else ""
-            recon = all_sums[0][self.term_names.index("recon")] / since
-            detail = f"  loss {_span(losses, 2)}" + ("" if self.stacked else f"  recon {recon:.2f}")
-            print(f"step {step}/{self.c.steps}{who}{detail}  {rate:.1f} steps/s", flush=True)
+        recon = None if self.stacked else all_sums[0][self.term_names.index("recon")] / since
+        if self.bar is not None or self.dist.is_main:
+            show_progress(self.bar, step, self.c.steps, since, rate, losses, recon)
 
     def _fail(self, failed: list[int], *, parameters: bool = False) -> None:
         """Members ``failed`` leave, marked failed: their loss (or, ``parameters``, their weights) turned
@@ -493,10 +488,8 @@ class Trainer:
     def _evaluation_missing(self) -> bool:
         """Whether this step is an evaluation step, checkpointed, without its eval row (a resumed run)."""
         step, c = self.step_count, self.c
-        if step == 0 or not (step % c.eval_every == 0 or step == c.steps):
-            return False
-        return any(not any(r.get("kind") == "eval" and r.get("step") == step for r in read_metrics(m.run.root))
-                   for m in self.members)
+        evaluation_step = step > 0 and (step % c.eval_every == 0 or step == c.steps)
+        return evaluation_step and not all(m.run.has_evaluation(step) for m in self.members)
 
     def _stopping(self, stop: StopRequested) -> bool:
         """Whether a signal came (to any process under torchrun: every process stops after the same step)."""
@@ -533,13 +526,6 @@ class Trainer:
             m.writer.close()
         if signum is None and self.step_count == self.started_at and self.dist.is_main:
             self.pictures()  # a step run here drew them at its end
-
-
-def _span(values: list[float], digits: int) -> str:
-    """One value, or the range over an ensemble's members."""
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{min(values):.{digits}f}..{max(values):.{digits}f}"
 
 
 def train(config: TrainConfig, *, resume: Path | None = None, overwrite: bool = False) -> dict:
