@@ -64,3 +64,14 @@ def test_main_snapshots_every_run_and_the_sweep_status(tool, tmp_path, capsys):
     ]
     assert "experiments/runs/grid/sweep_status.json" in staged(tmp_path)
     assert tool.main([]) == 2
+
+
+def test_max_mb_leaves_a_large_checkpoint_out_and_says_so(tool, tmp_path, capsys):
+    run = make_run(tmp_path, "big", "running", [1000])
+    (run / "checkpoints" / "step_00001000.pt").write_bytes(b"x" * 3_000_000)
+    assert tool.main([str(run.parent), "--max-mb", "2"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        "experiments/runs/grid/big: running, checkpoint step_00001000.pt left out (3 MB > 2 MB)")
+    files = staged(tmp_path)
+    assert "experiments/runs/grid/big/checkpoints/step_00001000.pt" not in files
+    assert "experiments/runs/grid/big/metrics.jsonl" in files
