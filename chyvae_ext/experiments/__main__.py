@@ -65,7 +65,8 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
+    """The command line: its four subcommands and their options."""
     parser = argparse.ArgumentParser(
         prog="python -m chyvae_ext.experiments",
         description=__doc__,
@@ -113,59 +114,73 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", default="factor_vae")
     p.add_argument("--at-step", dest="at_step", type=int, help="the trade-off at this evaluation step")
     p.add_argument("--runs", dest="runs_root", help="the run directories: draw each model's best run's traversals")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _sweep(args) -> int:
+    grid = load_grid(args.grid, parse_overrides(args.overrides))
+    if args.ensemble_size is not None:
+        check_int("--ensemble-size", args.ensemble_size, 1)
+    if args.ensemble or args.ensemble_size is not None:
+        size = args.ensemble_size if args.ensemble_size is not None else grid.ensemble_size
+        grid = dataclasses.replace(grid, ensemble=True, ensemble_size=size)
+    if args.retries is not None:
+        grid = dataclasses.replace(grid, retries=check_int("--retries", args.retries))
+    if args.slurm_time is not None:
+        check_int("--slurm-time", args.slurm_time, 1)
+    outcome = sweep(grid, dry_run=args.dry_run, launcher=args.launcher, ray_address=args.ray_address,
+                    slurm_partition=args.slurm_partition, slurm_time=args.slurm_time,
+                    slurm_cluster=args.slurm_cluster)
+    if any(o == "interrupted" for o in outcome.values()):
+        return 130
+    return 1 if any(o == "failed" for o in outcome.values()) else 0
+
+
+def _collect(args) -> int:
+    if args.at_step is not None:
+        check_int("--at-step", args.at_step)
+    progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.score else None
+    check_int("--metric-seeds", args.metric_seeds, 1)
+    path, rows = collect_runs(args.root, args.out, score=args.score, at_step=args.at_step, progress=progress,
+                              metric_seeds=args.metric_seeds)
+    columns = TABLE_COLUMNS if args.metric_seeds == 1 else SEED_MEAN_COLUMNS
+    if args.at_step is None:
+        print(markdown_table(summarise(rows, columns), columns))
+    else:
+        at = rows_at_step(read_csv(path.with_name("results_by_step.csv")), args.at_step)
+        if not at:
+            raise ValueError(f"--at-step {args.at_step}: no run has an evaluation at that step")
+        floor = [r for r in rows if r.get("state") == "untrained"]
+        print(markdown_table(summarise(at + floor, columns, states=STATES_ANY), columns))
+    print(f"{len(rows)} runs -> {path} and {path.with_name('results_by_step.csv')}")
+    return 0
+
+
+def _compare(args) -> int:
+    path = Path(args.csv)
+    if not path.is_file():
+        raise ValueError(f"CSV {path}: no such file")
+    if args.at_step is not None:
+        rows = rows_at_step(read_csv(path.with_name("results_by_step.csv")), check_int("--at-step", args.at_step))
+    else:
+        rows = [r for r in read_csv(path) if r.get("state", "finished") == "finished"]
+    print(compare_line(rows, args.a, args.b, args.metric, higher_is_better=args.higher))
+    return 0
+
+
+def _plot(args) -> int:
+    if args.at_step is not None:
+        check_int("--at-step", args.at_step)
+    for path in plot_all(args.csv, args.out, args.metric, at_step=args.at_step, runs_root=args.runs_root):
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    command = {"sweep": _sweep, "collect": _collect, "compare": _compare, "plot": _plot}[args.command]
     try:
-        if args.command == "sweep":
-            grid = load_grid(args.grid, parse_overrides(args.overrides))
-            if args.ensemble_size is not None:
-                check_int("--ensemble-size", args.ensemble_size, 1)
-            if args.ensemble or args.ensemble_size is not None:
-                size = args.ensemble_size if args.ensemble_size is not None else grid.ensemble_size
-                grid = dataclasses.replace(grid, ensemble=True, ensemble_size=size)
-            if args.retries is not None:
-                grid = dataclasses.replace(grid, retries=check_int("--retries", args.retries))
-            if args.slurm_time is not None:
-                check_int("--slurm-time", args.slurm_time, 1)
-            outcome = sweep(grid, dry_run=args.dry_run, launcher=args.launcher, ray_address=args.ray_address,
-                            slurm_partition=args.slurm_partition, slurm_time=args.slurm_time,
-                            slurm_cluster=args.slurm_cluster)
-            if any(o == "interrupted" for o in outcome.values()):
-                return 130
-            return 1 if any(o == "failed" for o in outcome.values()) else 0
-        if args.command == "collect":
-            if args.at_step is not None:
-                check_int("--at-step", args.at_step)
-            progress = (lambda line: print(line, file=sys.stderr, flush=True)) if args.score else None
-            check_int("--metric-seeds", args.metric_seeds, 1)
-            path, rows = collect_runs(args.root, args.out, score=args.score, at_step=args.at_step, progress=progress,
-                                      metric_seeds=args.metric_seeds)
-            columns = TABLE_COLUMNS if args.metric_seeds == 1 else SEED_MEAN_COLUMNS
-            if args.at_step is None:
-                print(markdown_table(summarise(rows, columns), columns))
-            else:
-                at = rows_at_step(read_csv(path.with_name("results_by_step.csv")), args.at_step)
-                if not at:
-                    raise ValueError(f"--at-step {args.at_step}: no run has an evaluation at that step")
-                floor = [r for r in rows if r.get("state") == "untrained"]
-                print(markdown_table(summarise(at + floor, columns, states=STATES_ANY), columns))
-            print(f"{len(rows)} runs -> {path} and {path.with_name('results_by_step.csv')}")
-            return 0
-        if args.at_step is not None:
-            check_int("--at-step", args.at_step)
-        if args.command == "compare":
-            path = Path(args.csv)
-            if not path.is_file():
-                raise ValueError(f"CSV {path}: no such file")
-            rows = read_csv(path)
-            if args.at_step is not None:
-                rows = rows_at_step(read_csv(path.with_name("results_by_step.csv")), args.at_step)
-            else:
-                rows = [r for r in rows if r.get("state", "finished") == "finished"]
-            print(compare_line(rows, args.a, args.b, args.metric, higher_is_better=args.higher))
-            return 0
-        for path in plot_all(args.csv, args.out, args.metric, at_step=args.at_step, runs_root=args.runs_root):
-            print(path)
-        return 0
+        return command(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
