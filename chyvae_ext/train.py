@@ -256,14 +256,11 @@ class Trainer:
         """A train row per member (one host synchronisation per interval); members whose loss turned
         non-finite in the interval are marked failed and leave."""
         step, since = self.step_count, self.steps_since
-        if self.dist.active:  # the global batch's terms; a member fails in every process at once
+        if self.dist.active:  # the global batch's terms
             self.dist.mean_(self.sums)
-            self.bad = self.dist.max_(self.bad.to(torch.uint8)).bool()
-        bad = self.bad.tolist()
-        if any(bad):
-            self._fail([i for i, b in enumerate(bad) if b])
-            if not self.members:
-                return
+        self._fail_diverged()
+        if not self.members:
+            return
         now = time.perf_counter()
         rate = since / (now - self.t_last)
         nus = None
@@ -329,13 +326,20 @@ class Trainer:
         if keep and self.dist.active:  # DistributedDataParallel holds the parameters it was given
             self.one_step = self._make_step()
 
+    def _fail_diverged(self) -> None:
+        """Members whose loss turned non-finite since the last row fail and leave (under torchrun in
+        every process at once)."""
+        if self.dist.active:
+            self.bad = self.dist.max_(self.bad.to(torch.uint8)).bool()
+        bad = self.bad.tolist()
+        if any(bad):
+            self._fail([i for i, b in enumerate(bad) if b])
+
     def _leave_if_non_finite(self) -> None:
         """Before a checkpoint: members whose loss turned non-finite since the last row (the check a row
         makes, done early), then those whose parameters are non-finite, fail and leave."""
         if self.bad is not None:
-            bad = (self.dist.max_(self.bad.to(torch.uint8)).bool() if self.dist.active else self.bad).tolist()
-            if any(bad):
-                self._fail([i for i, b in enumerate(bad) if b])
+            self._fail_diverged()
         if self.members:
             finite = self.slots.finite()
             if not all(finite):

@@ -34,6 +34,7 @@ from ..config import TrainConfig
 from ..data.base import GroundTruthDataset
 from ..metrics import make_encoder, score
 from ..runfiles import SCORES, Run, checkpoint_step_of, read_metrics
+from .collect import mean_std
 
 PROTOCOL_NAMES = ("chyvae", "kim_mnih")
 SCORE_KEYS = tuple(f"factor_vae_{p}" for p in PROTOCOL_NAMES) + ("mig_scored",)
@@ -59,9 +60,7 @@ def with_seed_means(scores: dict, metric_seeds: tuple[int, ...]) -> dict:
     for key in SCORE_KEYS:
         values = [scores[seed_key(key, s)] for s in metric_seeds if seed_key(key, s) in scores]
         if len(values) > 1:
-            mean = sum(values) / len(values)
-            out[f"{key}_mean"] = mean
-            out[f"{key}_sd"] = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+            out[f"{key}_mean"], out[f"{key}_sd"] = mean_std(values)
     return out
 
 
