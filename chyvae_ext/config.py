@@ -201,6 +201,9 @@ def check_config(c: TrainConfig, *, check_device: bool = True) -> None:
             continue  # the model's default (TrainConfig.resolved)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {v!r}")
+        if v > FLOAT32_MAX:
+            raise ValueError(f"--{name.replace('_', '-')} must be at most {FLOAT32_MAX:.4g} (the largest float32: "
+                             f"the model and its optimiser compute in float32), got {v!r}")
     if c.model == "vae" and c.beta not in (None, 1.0):
         raise ValueError(f"--model vae is the plain VAE (beta = 1); --beta {c.beta} applies to "
                          f"{' and '.join(BETA_MODELS)}")
@@ -228,6 +231,51 @@ def check_config(c: TrainConfig, *, check_device: bool = True) -> None:
         raise ValueError(f"--device {c.device!r} is not a device: {exc}") from exc
     if check_device and dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {c.device}: no CUDA GPU is available")
+    if check_device:
+        check_memory(c)
+
+
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+STEP_BYTES_PER_PIXEL = 190  # a training step's peak memory per image pixel (fp32 CHyVAE, hidden 128, 64x64 gray:
+# 0.77 MB an image, measured from the process's peak RSS at batch 50 and 1050)
+RGB_DATASETS = ("3dchairs", "celeba")  # 3-channel images; the generic sets (folder, npz, hdf5) are counted as gray
+
+
+def device_memory(device: str) -> int | None:
+    """The bytes of memory on ``device``: the machine's RAM for the CPU, the GPU's own for CUDA; None
+    where that cannot be read."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return None
+        return torch.cuda.get_device_properties(dev.index or 0).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.0f} GiB" if n >= 2**30 else f"{n / 2**20:,.0f} MiB"
+
+
+def check_memory(c: TrainConfig) -> None:
+    """Refuses a ``--batch-size`` or ``--dataset-size`` that cannot fit in the device's memory at all (before
+    anything is allocated, so that no MemoryError half-way through says it). The estimate is a lower bound
+    for other options than the measured ones (rgb images, wider networks need more)."""
+    total = device_memory(c.device)
+    if total is None:
+        return
+    pixels = 64 * 64 * (3 if c.dataset in RGB_DATASETS else 1)
+    step = c.batch_size * pixels * STEP_BYTES_PER_PIXEL
+    if step > total:
+        raise ValueError(f"--batch-size {c.batch_size}: a training step needs about {_gib(step)} (about "
+                         f"{pixels * STEP_BYTES_PER_PIXEL / 2**20:.2f} MiB an image), more than the "
+                         f"{_gib(total)} of --device {c.device}; use a smaller --batch-size")
+    stored = (c.dataset_size or 0) * pixels  # uint8 pixels, on the host and on the device
+    if stored > total:
+        raise ValueError(f"--dataset-size {c.dataset_size}: the fixed set's images need {_gib(stored)}, more than "
+                         f"the {_gib(total)} of --device {c.device}; use a smaller --dataset-size")
 
 
 def read_mapping_file(p: Path, what: str):
@@ -249,6 +297,41 @@ def read_mapping_file(p: Path, what: str):
         raise ValueError(f"{what} {p}: not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
 
 
+def check_option_names(options: dict, where: str) -> None:
+    """Refuses keys that are not TrainConfig options, naming them and ``where`` (the file they came from):
+    an option this version does not know is not dropped in silence."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown option(s) {', '.join(map(str, unknown))} (written by another version of "
+                         f"chyvae_ext?); known: {', '.join(sorted(known))}")
+
+
+def run_options(run_dir: str | Path, *, what: str = "RUN_DIR") -> dict:
+    """The options recorded in a run directory's config.json, each a TrainConfig option (a ValueError
+    naming the file and the key otherwise)."""
+    options = runfiles.read_config(run_dir, what=what)
+    check_option_names(options, f"{what} {Path(run_dir) / runfiles.CONFIG}")
+    return options
+
+
+def run_config(run_dir: str | Path, *, what: str = "RUN_DIR") -> TrainConfig:
+    """The run directory's TrainConfig, from its config.json (see :func:`run_options`)."""
+    return TrainConfig(**run_options(run_dir, what=what))
+
+
+RESUME_FIXED = ("model", "dataset", "dataset_size", "z_dim", "hidden", "learn_nu")  # a resumed run keeps these
+
+
+def check_resume_changes(recorded: dict, given: dict, run_dir: str | Path) -> None:
+    """Refuses options given to ``--resume`` that would change the run's model or data (RESUME_FIXED),
+    naming the option and both values; the schedule, the evaluations and the device may change."""
+    for name in RESUME_FIXED:
+        if name in given and name in recorded and given[name] != recorded[name]:
+            raise ValueError(f"--resume {run_dir}: {_flag(name)} {given[name]!r} would change the run, trained "
+                             f"with {_flag(name)} {recorded[name]!r}; leave it out, or start a new run with --out")
+
+
 def load_config_file(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
@@ -256,10 +339,7 @@ def load_config_file(path: str) -> dict:
     data = read_mapping_file(p, "--config")
     if not isinstance(data, dict):
         raise ValueError(f"--config {p}: expected a mapping of options, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"--config {p}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    check_option_names(data, f"--config {p}")
     return read_numbers(data, f"--config {p}")
 
 
@@ -409,14 +489,19 @@ def parse_args(argv: list[str] | None, *, description: str | None = None
             raise ValueError("--resume takes no RUN_DIR with --ensemble (the ensemble's RUN_DIRs are resumed)")
         if "out" in flags:
             raise ValueError("--out cannot be given with --ensemble: each member's RUN_DIR is its output")
-        configs = [TrainConfig(**{**_member_options(d, bool(resume)), **extra, **flags, "out": str(d)})
-                   for d in ensemble]
+        configs = []
+        for d in ensemble:
+            member = _member_options(d, bool(resume))
+            if resume:
+                check_resume_changes(member, {**extra, **flags}, d)
+            configs.append(TrainConfig(**{**member, **extra, **flags, "out": str(d)}))
         return configs, bool(resume), True, overwrite
     if resume is True:
         raise ValueError("--resume needs a RUN_DIR (or --ensemble RUN_DIR ...)")
     values: dict = {}
     if resume is not None:
-        values.update(runfiles.read_config(resume, what="--resume"))
+        values.update(run_options(resume, what="--resume"))
+        check_resume_changes(values, {**extra, **flags}, resume)
         if "out" in flags and Path(flags["out"]).resolve() != Path(resume).resolve():
             raise ValueError(f"--resume {resume} continues that run in its own directory; --out {flags['out']} "
                              "cannot go with it (to branch a run, copy its directory and resume the copy)")
@@ -432,7 +517,10 @@ def _member_options(run_dir: Path, resume: bool) -> dict:
     if not (run_dir / name).is_file():
         what = "a run directory to resume" if resume else "the run's options (the sweep writes them)"
         raise ValueError(f"--ensemble {run_dir}: no {name} there ({what})")
-    options = runfiles.read_config(run_dir) if resume else runfiles.read_sweep_options(run_dir)
+    options = (run_options(run_dir, what="--ensemble") if resume
+               else runfiles.read_sweep_options(run_dir, what="--ensemble"))
+    check_option_names(options, f"--ensemble {run_dir / name}")
+    options = read_numbers(options, f"--ensemble {run_dir / name}")
     options.pop("out", None)
     return options
 

@@ -16,38 +16,60 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
+from ._checks import check_int
 from .build import build_model, fixed_batches, held_out_terms, open_dataset
-from .config import TrainConfig, check_config
+from .config import check_config, run_config
 from .data.base import GroundTruthDataset
 from .metrics import METRICS, PROTOCOLS, make_encoder, parse_metrics, score
 from .plots import save_model_pictures
-from .runfiles import EVAL, Run, read_config
+from .runfiles import EVAL, Run
 
 
 def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, device: str | None = None):
     """(model in eval mode, its TrainConfig, the checkpoint's path, its step) for a run directory.
     The checkpoint is read with torch.load(weights_only=True): tensors and plain values only, so a
-    crafted file cannot run code; one that needs more is refused with a ValueError naming it."""
+    crafted file cannot run code; one that needs more is refused with a ValueError naming it. Without
+    ``checkpoint``, the newest one that loads (a damaged newer one is skipped with a warning naming it,
+    and left where it is)."""
     root = Path(run_dir)
-    config = TrainConfig(**read_config(root))
+    config = run_config(root)
     if device is not None:
         config = dataclasses.replace(config, device=device)
-    if checkpoint is None:
+    check_config(config.resolved())  # the device among the rest, with training's messages
+    dev = torch.device(config.device)
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        if not checkpoint.is_file():
+            raise ValueError(f"--checkpoint {checkpoint}: no such file")
+        state = _training_state(checkpoint, dev)
+    else:
         ckpts = Run(root).checkpoints()
         if not ckpts:
             raise ValueError(f"RUN_DIR {root}: no checkpoint in {Run(root).ckpt_dir}")
-        checkpoint = ckpts[-1]
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise ValueError(f"--checkpoint {checkpoint}: no such file")
-    check_config(config.resolved())  # the device among the rest, with training's messages
-    dev = torch.device(config.device)
+        for checkpoint in reversed(ckpts):
+            try:
+                state = _training_state(checkpoint, dev)
+                break
+            except ValueError as exc:
+                warnings.warn(f"skipping {exc}", RuntimeWarning, stacklevel=2)
+        else:
+            raise ValueError(f"RUN_DIR {root}: none of its {len(ckpts)} checkpoint(s) in {Run(root).ckpt_dir} "
+                             "can be loaded (each one's warning says why)")
+    model = build_model(config, state.get("channels", 1)).to(dev)
+    model.load_state_dict(state["model"])
+    return model.eval(), config, checkpoint, int(state["step"])
+
+
+def _training_state(checkpoint: Path, dev: torch.device) -> dict:
+    """The training checkpoint at ``checkpoint``, plain data only; a ValueError naming it otherwise."""
     try:
         state = torch.load(checkpoint, map_location=dev, weights_only=True)
     except Exception as exc:  # torch.load's failures: UnpicklingError (not plain data), RuntimeError, EOFError...
@@ -56,9 +78,7 @@ def load_run(run_dir: str | Path, *, checkpoint: str | Path | None = None, devic
                          f"({type(exc).__name__}: {reason})") from exc
     if not isinstance(state, dict) or not {"model", "step"} <= state.keys():
         raise ValueError(f"checkpoint {checkpoint} is not a training checkpoint (no model and step)")
-    model = build_model(config, state.get("channels", 1)).to(dev)
-    model.load_state_dict(state["model"])
-    return model.eval(), config, checkpoint, int(state["step"])
+    return state
 
 
 def posterior_variances(model: torch.nn.Module, images: torch.Tensor) -> dict | None:
@@ -102,6 +122,7 @@ def evaluate_run(
     ``progress``: a function given a line before and after each metric (the CLI prints them).
     """
     names = parse_metrics(metrics)
+    check_int("--seed", seed)
     if protocol not in PROTOCOLS:
         raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if precision not in (None, "fp32", "bf16"):
@@ -146,6 +167,10 @@ def evaluate_run(
     return record
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM ends an evaluation as Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m chyvae_ext.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -159,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, help="default: the run's last checkpoint")
     parser.add_argument("--no-pictures", dest="pictures", action="store_false")
     args = parser.parse_args(argv)
+    old_term = signal.signal(signal.SIGTERM, _interrupt)
     try:
         record = evaluate_run(
             args.run_dir,
@@ -174,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {args.run_dir} was not evaluated (its eval.json is as it was)", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
     scores = "  ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items())
     if "posterior" in record:
         scores += f"  smallest posterior variance {min(record['posterior']['var_min']):.3g}"

@@ -55,7 +55,7 @@ from pathlib import Path
 
 import torch
 
-from .runfiles import EVAL, read_config, read_metrics
+from .runfiles import EVAL, has_config, read_config, read_metrics, read_status
 
 STATIC = Path(__file__).resolve().parent / "static"
 N_IMAGES = 12  # the strip of held-out images to click
@@ -103,6 +103,9 @@ class ExploredRun:
             )
         except (ValueError, OSError, RuntimeError, KeyError, pickle.UnpicklingError) as exc:
             raise ValueError(f"RUN_DIR {self.root}: cannot be explored: {exc}") from exc
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise ValueError(f"RUN_DIR {self.root}: cannot be explored: its checkpoint {self.checkpoint} of step "
+                             f"{self.step} holds non-finite weights (the run diverged before it was written)")
         self.device = torch.device(device)
         self.dtype = next(self.model.parameters()).dtype  # what the model's layers take
         c = self.config.resolved()
@@ -151,9 +154,11 @@ class ExploredRun:
             }
             for k in range(self.z_dim)
         ]
-        return {
+        return _finite({
             "id": index,
             "name": self.root.name,
+            "available": True,
+            "status": run_status(self.root),
             "model": self.config.model,
             "z_dim": self.z_dim,
             "nu": self.nu,
@@ -163,9 +168,9 @@ class ExploredRun:
             "dims": dims,
             "order": sorted(range(self.z_dim), key=lambda k: -kl[k]),
             "images": len(self.images),
-            "metrics": _finite(self.metrics),
-            "curves": _finite(self.curves),
-        }
+            "metrics": self.metrics,
+            "curves": self.curves,
+        })
 
     # ---- what the endpoints compute ------------------------------------------------------------------------------
     def parse_z(self, text: str | None) -> torch.Tensor:
@@ -221,6 +226,29 @@ class ExploredRun:
         with torch.no_grad():
             mu = self.model.encode(self.images[i : i + 1].to(self.dtype))
         return self.decode(mu.float())
+
+
+def run_status(run_dir: Path) -> dict:
+    """The run's state as status.json says (state, step and, for a failed run, the error naming its last
+    finite checkpoint); {} where there is none."""
+    status = read_status(run_dir)
+    return {k: status[k] for k in ("state", "step", "error") if k in status}
+
+
+class UnavailableRun:
+    """A run directory whose model cannot be shown (no loadable or no finite checkpoint): listed with its
+    status and the reason, so that the other runs are still explored."""
+
+    def __init__(self, run_dir: str | Path, error: str):
+        self.root, self.error = Path(run_dir), error
+
+    def summary(self, index: int) -> dict:
+        try:
+            model = read_config(self.root).get("model")
+        except ValueError:
+            model = None
+        return _finite({"id": index, "name": self.root.name, "available": False, "model": model,
+                        "status": run_status(self.root), "error": self.error})
 
 
 def _finite(value):
@@ -293,6 +321,7 @@ def create_app(runs: list[ExploredRun], *, hosts: list[str] | tuple[str, ...] = 
     requests whose Host is one of ``hosts`` (:func:`allowed_hosts`; default the loopback names)."""
     try:
         from starlette.applications import Starlette
+        from starlette.concurrency import run_in_threadpool
         from starlette.responses import FileResponse, JSONResponse, Response
         from starlette.routing import Route
     except ImportError as exc:
@@ -306,12 +335,16 @@ def create_app(runs: list[ExploredRun], *, hosts: list[str] | tuple[str, ...] = 
             raise BadRequest(f"run id must be an integer index, got {text!r}") from None
         if not 0 <= index < len(runs):
             raise NotFound(f"no run {index}: this server shows runs 0..{len(runs) - 1}")
+        if isinstance(runs[index], UnavailableRun):
+            raise NotFound(f"run {index} ({runs[index].root.name}) cannot be shown: {runs[index].error}")
         return runs[index]
 
-    def handler(fn):
+    def handler(fn, *, worker: bool = True):
+        """An endpoint calling ``fn(request)``: in a worker thread where it runs the model (``worker``), so
+        that a slow model call never holds up the event loop and the other requests."""
         async def endpoint(request):
             try:
-                return fn(request)
+                return await run_in_threadpool(fn, request) if worker else fn(request)
             except BadRequest as exc:
                 return JSONResponse({"error": str(exc)}, status_code=400)
             except NotFound as exc:
@@ -369,9 +402,9 @@ def create_app(runs: list[ExploredRun], *, hosts: list[str] | tuple[str, ...] = 
         return JSONResponse({"error": f"no such page: {request.url.path}"}, status_code=404)
 
     routes = [
-        Route("/", handler(page)),
-        Route("/static/{name}", handler(static)),
-        Route("/api/runs", handler(list_runs)),
+        Route("/", handler(page, worker=False)),
+        Route("/static/{name}", handler(static, worker=False)),
+        Route("/api/runs", handler(list_runs, worker=False)),  # no model call: the statistics are from start-up
         Route("/api/runs/{run}/decode", handler(decode)),
         Route("/api/runs/{run}/traversal", handler(traversal)),
         Route("/api/runs/{run}/images/{image}.png", handler(image)),
@@ -430,7 +463,17 @@ def load_runs(run_dirs: list[str], *, checkpoint: str | None = None, device: str
         raise ValueError("name at least one RUN_DIR")
     if checkpoint is not None and len(run_dirs) > 1:
         raise ValueError(f"--checkpoint names one run's checkpoint; got {len(run_dirs)} run directories")
-    return [ExploredRun(d, checkpoint=checkpoint, device=device) for d in run_dirs]
+    runs: list[ExploredRun | UnavailableRun] = []
+    for d in run_dirs:
+        try:
+            runs.append(ExploredRun(d, checkpoint=checkpoint, device=device))
+        except ValueError as exc:
+            if not has_config(d) or len(run_dirs) == 1:
+                raise
+            runs.append(UnavailableRun(d, str(exc)))  # a failed run among others: listed, with why
+    if all(isinstance(r, UnavailableRun) for r in runs):
+        raise ValueError(f"none of the runs can be explored; {runs[0].error}")
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -457,9 +500,35 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"chyvae_ext explorer: {len(runs)} run(s); open http://{args.host}:{args.port}/", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    try:
+        sock = listening_socket(args.host, args.port)
+    except OSError as exc:
+        print(f"error: --host {args.host} --port {args.port}: cannot listen there ({exc.strerror or exc})",
+              file=sys.stderr)
+        return 2
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    unavailable = [r.root.name for r in runs if isinstance(r, UnavailableRun)]
+    note = f" ({len(unavailable)} cannot be shown: {', '.join(unavailable)})" if unavailable else ""
+    print(f"chyvae_ext explorer: {len(runs)} run(s){note}; open http://{shown}:{port}/", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     return 0
+
+
+def listening_socket(host: str, port: int):
+    """A TCP socket bound to (host, port) and listening (port 0: a free one), so that the address printed
+    is one that answers; OSError where it cannot be bound (the port taken, the address not this machine's)."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 if __name__ == "__main__":

@@ -72,24 +72,43 @@ def has_config(run_dir: str | Path) -> bool:
     return (Path(run_dir) / CONFIG).is_file()
 
 
+def read_json_object(path: Path, what: str) -> dict:
+    """The JSON object in ``path``; a ValueError naming ``what``, the file and the line where it is not
+    valid JSON or not an object (a damaged or hand-edited run file)."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what}: {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                         f"{exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what}: {path} cannot be read ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{what}: {path} must hold a JSON object of options, got {type(data).__name__}")
+    return data
+
+
 def read_config(run_dir: str | Path, *, what: str = "RUN_DIR") -> dict:
     """The run's config.json as a dict of options. Without one, ValueError
-    "``what`` RUN_DIR: no config.json there (not a run directory)"."""
+    "``what`` RUN_DIR: no config.json there (not a run directory)"; a damaged one is a ValueError naming it."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise ValueError(f"{what} {run_dir}: no {CONFIG} there (not a run directory)")
-    return json.loads(path.read_text())
+    return read_json_object(path, what)
 
 
 def read_status(run_dir: str | Path) -> dict:
-    """The run's status.json; {} where there is none."""
+    """The run's status.json; {} where there is none, or where it is damaged (it is rewritten at each
+    checkpoint, and nothing is decided from it that the checkpoints do not say)."""
     path = Path(run_dir) / STATUS
-    return json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        return read_json_object(path, "status") if path.is_file() else {}
+    except ValueError:
+        return {}
 
 
-def read_sweep_options(run_dir: str | Path) -> dict:
+def read_sweep_options(run_dir: str | Path, *, what: str = "RUN_DIR") -> dict:
     """The options a sweep gave the run (sweep_options.json); the caller checks it exists."""
-    return json.loads((Path(run_dir) / SWEEP_OPTIONS).read_text())
+    return read_json_object(Path(run_dir) / SWEEP_OPTIONS, what)
 
 
 def write_sweep_options(run_dir: str | Path, options: dict) -> None:
@@ -241,16 +260,8 @@ class Run:
     def newest_loadable(self, device: torch.device) -> tuple[int, dict]:
         """(step, state) of the newest checkpoint that loads; damaged newer ones are skipped with a warning
         and set aside (renamed .pt.damaged, so nothing else takes them). ValueError where none loads."""
-        ckpts = self.checkpoints()
-        if not ckpts:
-            raise ValueError(f"--resume {self.root}: no checkpoint in {self.ckpt_dir}")
-        for path in reversed(ckpts):
-            state = load_checkpoint(path, device)
-            if state is not None:
-                return checkpoint_step_of(path), state
-            path.replace(path.with_suffix(".pt.damaged"))  # nothing else (scores, collect, a resume) takes it
-        raise ValueError(f"--resume {self.root}: none of the {len(ckpts)} checkpoint(s) in {self.ckpt_dir} can be "
-                         "loaded (each one's warning says why)")
+        step, states = newest_common([self], device)
+        return step, states[0]
 
     def save_checkpoint(self, state: dict, step: int, keep: int, keep_every: int | None = None) -> Path:
         """Writes the checkpoint of ``step``; removes all but the newest ``keep``, except those of steps that
@@ -278,6 +289,41 @@ class Run:
         if path.exists():
             rows = [r for r in read_metrics(path) if r["step"] <= step]
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def newest_common(runs: list[Run], device: torch.device) -> tuple[int, list[dict]]:
+    """(step, each run's state) at the newest step where every run's checkpoint loads: a lone run's newest
+    loadable checkpoint; an ensemble's newest step all its members share (a member's damaged newer one does
+    not stop the others). A damaged checkpoint on the way is set aside as :meth:`Run.newest_loadable` does;
+    ValueError where no step will do."""
+    paths = []
+    for run in runs:
+        by_step = {checkpoint_step_of(c): c for c in run.checkpoints()}
+        if not by_step:
+            raise ValueError(f"--resume {run.root}: no checkpoint in {run.ckpt_dir}")
+        paths.append(by_step)
+    shared = sorted(set.intersection(*(set(p) for p in paths)), reverse=True)
+    for step in shared:
+        states = []
+        for by_step in paths:
+            state = load_checkpoint(by_step[step], device)
+            if state is None:
+                by_step[step].replace(by_step[step].with_suffix(".pt.damaged"))
+                break
+            states.append(state)
+        else:
+            ahead = [f"{r.root.name} at {max(p)}" for r, p in zip(runs, paths, strict=True) if max(p) > step]
+            if ahead and len(runs) > 1:
+                warnings.warn(f"the ensemble resumes from step {step}, the newest step every member has a checkpoint "
+                              f"of; the steps after it are trained again ({', '.join(ahead)})", RuntimeWarning,
+                              stacklevel=2)
+            return step, states
+    if len(runs) == 1:
+        raise ValueError(f"--resume {runs[0].root}: none of the checkpoint(s) in {runs[0].ckpt_dir} can be loaded "
+                         "(each one's warning says why)")
+    at = "; ".join(f"{r.root.name} at {', '.join(map(str, sorted(p)))}" for r, p in zip(runs, paths, strict=True))
+    raise ValueError(f"an ensemble resumes together, from a step every member has a loadable checkpoint of; "
+                     f"there is none ({at})")
 
 
 class ReadOnlyRun(Run):

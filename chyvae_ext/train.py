@@ -47,7 +47,7 @@ from .looptools import Interrupted, NoWriter, StopRequested, flush_denormals, pr
 from .metrics import SharedEncodings, make_encoder, parse_metrics, score
 from .models.ensemble import LoneMembers, StackedMembers, stack_models
 from .plots import save_curves, save_model_pictures
-from .runfiles import ReadOnlyRun, Run, checkpoint_step_of, load_checkpoint
+from .runfiles import ReadOnlyRun, Run, checkpoint_step_of, load_checkpoint, newest_common
 from .step import adam_options, make_step
 
 __all__ = ["ENSEMBLE_SHARED", "Trainer", "TrainConfig", "flush_denormals", "main", "train", "train_ensemble"]
@@ -184,13 +184,7 @@ class Trainer:
         common, error, loaded = None, None, [None] * len(self.members)
         if self.dist.is_main:  # rank 0 decides (and sets damaged checkpoints aside); every rank loads that step
             try:
-                newest, loaded = zip(*(m.run.newest_loadable(self.device) for m in self.members), strict=True)
-                if len(set(newest)) > 1:
-                    at = ", ".join(f"{m.name} at {s}" for m, s in zip(self.members, newest, strict=True))
-                    raise ValueError(
-                        f"an ensemble resumes together: its members' checkpoints must be at one step, got {at}"
-                    )
-                common = newest[0]
+                common, loaded = newest_common([m.run for m in self.members], self.device)
             except ValueError as exc:
                 error = str(exc)
         common, error = self.dist.broadcast((common, error))

@@ -152,6 +152,28 @@ def test_interrupt_then_rerun_finishes(tmp_path):
     assert json.loads((metrics.parent / "status.json").read_text())["step"] == reached + 2
 
 
+def test_interrupted_sweep_keeps_its_unstarted_runs_pending(tmp_path):
+    path = write_grid(
+        tmp_path / "g.yaml",
+        jobs=1,
+        seeds=[0],
+        common=dict(COMMON, steps=100000, ckpt_every=1000, eval_every=100000),
+        runs=[{"model": "betavae", "beta": [1, 2]}],
+    )
+    proc = subprocess.Popen([sys.executable, "-m", "chyvae_ext.experiments", "sweep", "--grid", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "betavae-beta1-seed0" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not metrics.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    status = json.loads((tmp_path / "runs" / "sweep_status.json").read_text())
+    assert status["interrupted"] == ["betavae-beta1-seed0"] and status["pending"] == ["betavae-beta2-seed0"]
+    assert status["running"] == [] and status["finished"] == []
+
+
 def fake_run(root, name, model, value, seed, evals, speeds):
     """A run directory as training writes it, with chosen numbers."""
     d = root / name

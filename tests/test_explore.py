@@ -183,7 +183,11 @@ def test_checkpoints_load_weights_only(tmp_path, run_dirs):
     shutil.copytree(run_dirs[1], run)
     ckpt = run / "checkpoints" / "step_00000008.pt"
     torch.save({**torch.load(ckpt, weights_only=True), "extra": NotWeights()}, ckpt)
-    with pytest.raises(ValueError, match=f"RUN_DIR {run}: cannot be explored: .*Weights only load failed"):
+    with pytest.warns(RuntimeWarning, match=rf"skipping checkpoint {ckpt} .*Weights only load failed"):
+        assert load_runs([str(run)])[0].step == 4  # the newest checkpoint that loads as plain data
+    (run / "checkpoints" / "step_00000004.pt").unlink()
+    with pytest.warns(RuntimeWarning), pytest.raises(
+            ValueError, match=f"RUN_DIR {run}: cannot be explored: .*none of its 1 checkpoint"):
         load_runs([str(run)])
     only = load_runs([str(run_dirs[1])], checkpoint=str(run_dirs[1] / "checkpoints" / "step_00000004.pt"))
     assert only[0].step == 4
@@ -220,3 +224,107 @@ def test_allowed_hosts_add_the_bound_address_and_the_named_ones():
     assert allowed_hosts("0.0.0.0", ["lab-box:8000"]) == ["localhost", "127.0.0.1", "[::1]", "lab-box"]
     assert allowed_hosts("::1") == ["localhost", "127.0.0.1", "[::1]", "[::1]"]
     assert host_name("[::1]:8000") == "[::1]" and host_name("Example.org:80") == "example.org"
+
+
+def diverged_copy(src, dst):
+    """A copy of the run whose newest checkpoint holds NaN weights (as a run written before the finiteness
+    check could leave), marked failed."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    ckpt = dst / "checkpoints" / "step_00000008.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                      for k, v in state["model"].items()}
+    torch.save(state, ckpt)
+    (dst / "checkpoints" / "step_00000004.pt").unlink()
+    (dst / "status.json").write_text(json.dumps({"state": "failed", "step": 8, "error": "non-finite loss"}))
+    return dst
+
+
+def test_a_run_that_cannot_be_shown_is_listed_with_its_status_and_the_others_are_served(tmp_path, run_dirs):
+    bad = diverged_copy(run_dirs[1], tmp_path / "bad")
+    runs = load_runs([str(run_dirs[0]), str(bad)])
+    client = TestClient(create_app(runs), base_url=LOCAL)
+    listed = client.get("/api/runs")
+    assert listed.status_code == 200
+    good, failed = listed.json()
+    assert good["available"] and good["name"] == run_dirs[0].name and good["status"]["state"] == "finished"
+    assert not failed["available"] and failed["model"] == "betavae"
+    assert failed["status"] == {"state": "failed", "step": 8, "error": "non-finite loss"}
+    assert "holds non-finite weights (the run diverged before it was written)" in failed["error"]
+    r = client.get("/api/runs/1/decode", params={"z": "0,0,0,0"})
+    assert r.status_code == 404 and r.json()["error"].startswith("run 1 (bad) cannot be shown: RUN_DIR")
+    assert client.get("/api/runs/0/decode", params={"z": "0,0,0,0"}).status_code == 200
+    with pytest.raises(ValueError, match="holds non-finite weights"):
+        load_runs([str(bad)])  # alone, nothing could be shown: refused at start-up
+
+
+def test_a_failed_run_with_a_finite_checkpoint_is_shown_with_its_status(tmp_path, run_dirs):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dirs[0], run)
+    (run / "status.json").write_text(json.dumps({"state": "failed", "step": 9, "error": "non-finite loss; last "
+                                                 "finite checkpoint: step_00000008.pt (step 8)"}))
+    info = TestClient(create_app(load_runs([str(run)])), base_url=LOCAL).get("/api/runs").json()[0]
+    assert info["available"] and info["step"] == 8 and info["status"]["state"] == "failed"
+
+
+def test_model_calls_run_in_worker_threads_so_listing_answers_while_one_is_busy(run_dirs):
+    import threading
+
+    import httpx
+
+    from chyvae_ext.explore import Served
+
+    runs = load_runs([str(run_dirs[0])])
+    release, entered, threads = threading.Event(), threading.Event(), []
+    plain_decode = runs[0].decode
+
+    def slow_decode(z):
+        threads.append(threading.current_thread().name)
+        entered.set()
+        release.wait(60)
+        return plain_decode(z)
+
+    runs[0].decode = slow_decode
+    served = Served(create_app(runs))
+    try:
+        busy = threading.Thread(target=lambda: httpx.get(served.url + "api/runs/0/decode?z=0,0,0,0", timeout=90))
+        busy.start()
+        assert entered.wait(30)
+        listed = httpx.get(served.url + "api/runs", timeout=20)  # would wait for the decode on the event loop
+        assert listed.status_code == 200 and not release.is_set()
+        release.set()
+        busy.join(60)
+    finally:
+        release.set()
+        served.stop()
+    assert threads and threads[0] != threading.main_thread().name and threads[0] != served.thread.name
+
+
+def test_the_address_is_printed_once_it_answers_and_a_taken_port_is_one_line(run_dirs, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, "-m", "chyvae_ext.explore", str(run_dirs[0]), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("chyvae_ext explorer: 1 run(s); open http://127.0.0.1:"), line
+        url = line.split("open ", 1)[1].strip()
+        assert httpx.get(url + "api/runs", timeout=30).status_code == 200  # no retry: it answers already
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert main([str(run_dirs[0]), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --host 127.0.0.1 --port {port}: cannot listen there (Address already in use)\n"

@@ -2,6 +2,7 @@
 refused without running it, and a data file declaring a huge array is refused from its header."""
 
 import io
+import json
 import subprocess
 import sys
 import zipfile
@@ -115,9 +116,12 @@ def test_evaluate_refuses_a_crafted_checkpoint_without_running_it(trained, tmp_p
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     crafted = plant_crafted_checkpoint(run, tmp_path / "marker")
-    assert main([str(run), "--metrics", "none", "--no-pictures"]) == 2
+    assert main([str(run), "--checkpoint", str(crafted), "--metrics", "none", "--no-pictures"]) == 2
     err = capsys.readouterr().err
     assert f"checkpoint {crafted} cannot be loaded as plain tensors and values" in err
+    with pytest.warns(RuntimeWarning, match=rf"skipping checkpoint {crafted} cannot be loaded as plain tensors"):
+        assert main([str(run), "--metrics", "none", "--no-pictures"]) == 0  # the newest that is plain data
+    assert json.loads((run / "eval.json").read_text())["checkpoint"] != str(crafted)
     assert not (tmp_path / "marker").exists()
 
 
@@ -142,9 +146,11 @@ def test_collect_and_explore_refuse_a_crafted_checkpoint_without_running_it(trai
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
-    plant_crafted_checkpoint(run, tmp_path / "marker")
+    crafted = plant_crafted_checkpoint(run, tmp_path / "marker")
     with pytest.raises(ValueError, match="cannot be loaded as plain tensors and values"):
-        ExploredRun(run)
+        ExploredRun(run, checkpoint=crafted)
+    with pytest.warns(RuntimeWarning, match=rf"skipping checkpoint {crafted} cannot be loaded as plain tensors"):
+        assert ExploredRun(run).checkpoint != crafted
     with pytest.raises(ValueError, match="cannot be loaded as plain tensors and values"):
         score_run(run, compute=True)
     assert not (tmp_path / "marker").exists()

@@ -201,10 +201,12 @@ def test_bad_options_fail_before_training(tmp_path, capsys, args, match):
 
 
 def test_resume_with_other_channels_is_refused(tmp_path, capsys):
-    train(TrainConfig(model="betavae", out=str(tmp_path / "run"), **dict(FAST, steps=4)))
-    images = (np.random.default_rng(0).random((20, 64, 64, 3)) * 255).astype(np.uint8)
-    np.savez(tmp_path / "rgb.npz", images=images)
-    args = ["--resume", str(tmp_path / "run"), "--dataset", "npz", "--data-root", str(tmp_path / "rgb.npz")]
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "gray.npz", images=(rng.random((20, 64, 64)) * 255).astype(np.uint8))
+    np.savez(tmp_path / "rgb.npz", images=(rng.random((20, 64, 64, 3)) * 255).astype(np.uint8))
+    train(TrainConfig(model="betavae", dataset="npz", data_root=str(tmp_path / "gray.npz"), out=str(tmp_path / "run"),
+                      **dict(FAST, steps=4)))
+    args = ["--resume", str(tmp_path / "run"), "--data-root", str(tmp_path / "rgb.npz")]  # the same --dataset
     assert main(args) == 2
     assert "has 3-channel images, but the run in" in capsys.readouterr().err
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import csv
 import statistics
+import warnings
 from pathlib import Path
 
 from .. import runfiles
 from .._checks import check_int
-from ..config import TrainConfig
+from ..config import run_config, run_options
 from ..models.registry import MODEL_KINDS
 
 # the hyperparameter each model's rows are grouped by (the plain VAE's beta is always 1)
@@ -29,9 +30,12 @@ _FIRST = ["run", "model", "hyper", "value", "seed", "step", "state"]
 
 
 def _run_rows(run_dir: Path) -> tuple[dict, list[dict]] | None:
+    if not runfiles.has_config(run_dir):
+        return None  # not a run directory
     try:
-        config = runfiles.read_config(run_dir)
-    except (OSError, ValueError):  # no config.json, or one that is not JSON
+        config = run_options(run_dir, what="ROOT")
+    except ValueError as exc:  # a damaged or foreign config.json: said, not dropped in silence
+        warnings.warn(f"collect: leaving out {run_dir}: {exc}", RuntimeWarning, stacklevel=2)
         return None
     status = runfiles.read_status(run_dir)
     rows = runfiles.read_metrics(run_dir)
@@ -116,7 +120,7 @@ def collect_runs(
                 computed = score and row["step"] == at_step
                 row.update(score_run(run_dir, step=row["step"], compute=computed, progress=progress,
                                      metric_seeds=seeds))
-            configs.append(TrainConfig(**runfiles.read_config(run_dir)).resolved())
+            configs.append(run_config(run_dir).resolved())
             finals.append(got[0])
             steps += got[1]
     if not finals:

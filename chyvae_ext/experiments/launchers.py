@@ -64,10 +64,7 @@ def die_with_parent() -> None:
 
 def run_state(run_dir: Path, steps: int) -> str:
     """finished | resumable | new, from what is on disk."""
-    try:
-        s = runfiles.read_status(run_dir)
-    except json.JSONDecodeError:
-        s = {}
+    s = runfiles.read_status(run_dir)  # {} where damaged: the checkpoints decide
     if s.get("state") == "finished" and s.get("step", 0) >= steps:
         return "finished"
     if runfiles.has_config(run_dir) and runfiles.Run(run_dir).checkpoints():
@@ -263,8 +260,7 @@ class LocalLauncher:
                     running[job.names[0]] = (job.start(env), time.perf_counter(), job)
                     progress.started(job)
                 if stop["signal"] is not None and queue:
-                    queue.clear()
-                    progress.pending.clear()
+                    queue.clear()  # not started: they stay pending in sweep_status.json, for the rerun
                 time.sleep(0.5)
                 for name, (proc, t0, job) in list(running.items()):
                     rc = proc.poll()

@@ -138,7 +138,8 @@ function table(obj) {
 // ---- one panel per run -----------------------------------------------------------------------------------------
 function buildRun(info) {
   const run = { info, z: info.dims.map((d) => d.mean), sliders: [], inFlight: false, pending: false, hoverDim: null };
-  const title = `${info.name}: ${info.model}` + (info.nu !== null ? `, nu ${fmt(info.nu, 4)}` : "") + `, step ${info.step}`;
+  const title = `${info.name}: ${info.model}` + (info.nu !== null ? `, nu ${fmt(info.nu, 4)}` : "") + `, step ${info.step}`
+    + (info.status.state === "failed" ? ` (the run failed at step ${info.status.step}: shown is its last finite checkpoint)` : "");
   run.decoded = el("img", { class: "pixel decoded", id: `decoded-${info.id}`, alt: "decoded image" });
   run.original = el("img", { class: "pixel small", id: `original-${info.id}`, alt: "chosen image" });
   run.reconstruction = el("img", { class: "pixel small", id: `reconstruction-${info.id}`, alt: "its reconstruction" });
@@ -196,6 +197,15 @@ function buildRun(info) {
   return run;
 }
 
+// A run the server could not load (a failed run without a finite checkpoint): its status and why.
+function showUnavailable(info) {
+  const state_ = info.status.state ? `${info.status.state} at step ${info.status.step}` : "no status";
+  document.getElementById("runs").append(el("section", { class: "run unavailable", id: `run-${info.id}` },
+    el("h2", {}, `${info.name}: ${info.model || "?"} (${state_})`),
+    el("p", {}, info.error),
+    info.status.error ? el("p", {}, info.status.error) : ""));
+}
+
 function tick() {
   if (!state.animate || state.animDim === null) return;
   state.animPhase = (state.animPhase + 0.04) % 2;
@@ -216,7 +226,10 @@ async function main() {
   });
   const r = await fetch("/api/runs");
   const infos = await r.json();
-  state.runs = infos.map(buildRun);
+  for (const info of infos) {  // in the order given, each run's panel or, for one that cannot be shown, why
+    if (info.available) state.runs.push(buildRun(info));
+    else showUnavailable(info);
+  }
   setInterval(tick, 80);
   document.body.dataset.ready = "1";
 }
