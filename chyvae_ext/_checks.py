@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 
 
@@ -30,3 +32,11 @@ def check_non_negative(name: str, value: object) -> float:
     if not real or not np.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with a usage error on one line, ``error: MESSAGE (see PROG --help)``, as every other
+    refusal of the command lines is (exit status 2, as argparse's)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")

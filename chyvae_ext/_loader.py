@@ -122,29 +122,62 @@ def sources_dir() -> Path | None:
     return None
 
 
-def build_dir_for_this_torch() -> Path:
-    """One build directory per (torch, Python, CUDA) under the cache directory."""
+def build_tag() -> str:
+    """The (torch, CUDA, Python) part of a build directory's name."""
+    cuda = f"cu{torch.version.cuda}" if torch.version.cuda else "cpu"
+    return f"torch-{_base_version(torch.__version__)}-{cuda}-py{sys.version_info[0]}{sys.version_info[1]}"
+
+
+def build_key(sources: list[Path], root: Path, flags: list[str]) -> str:
+    """12 hex digits of a sha256 over the sources' names and bytes and the build's flags: two checkouts or
+    versions whose code or flags differ never share (and overwrite) a build directory."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(sources):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    headers = sorted((root / "csrc").rglob("*.h")) + sorted((root / "csrc").rglob("*.cuh"))
+    for path in headers:
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    h.update("\0".join(flags).encode())
+    return h.hexdigest()[:12]
+
+
+def build_dir_for(key: str) -> Path:
+    """The build directory of a build: one per (torch, CUDA, Python, :func:`build_key`) under the cache."""
     from ._cache import default_cache_dir
 
-    cuda = f"cu{torch.version.cuda}" if torch.version.cuda else "cpu"
-    tag = f"torch-{_base_version(torch.__version__)}-{cuda}-py{sys.version_info[0]}{sys.version_info[1]}"
-    return default_cache_dir() / "build" / tag
+    return default_cache_dir() / "build" / f"{build_tag()}-{key}"
+
+
+def _load_built(build_dir: Path):
+    """The module built in ``build_dir`` before, imported as it is (its directory's key says its sources
+    and flags are this build's); None where there is none, or where it does not load (a build cut short)."""
+    import importlib.util
+
+    for path in sorted(build_dir.glob("_C*.so")):
+        spec = importlib.util.spec_from_file_location("_C", path)
+        try:
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+        except (ImportError, OSError):
+            path.unlink(missing_ok=True)  # built again below
+    return None
 
 
 def build_on_import(problem: str):
     """Builds chyvae_ext._C from its sources against the running torch (ninja, through
-    torch.utils.cpp_extension) into :func:`build_dir_for_this_torch`, or loads the module built there
+    torch.utils.cpp_extension) into :func:`build_dir_for` its key, or loads the module built there
     before; returns (module, its build config). One process builds at a time (a file lock); the
-    others wait and load its result. Refuses (ImportError with ``problem`` and how to rebuild) where
-    no C++ compiler or no sources are found. ``CHYVAE_EXT_BUILD_CFLAGS`` adds compiler flags after
-    the package's own (the tests build with ``-O0``: the same code, built faster)."""
+    others wait and load its result. A line says so whenever a build starts, and how long it took.
+    Refuses (ImportError with ``problem`` and how to rebuild) where no C++ compiler or no sources are
+    found. ``CHYVAE_EXT_BUILD_CFLAGS`` adds compiler flags after the package's own (the tests build
+    with ``-O0``: the same code, built faster)."""
     src = sources_dir()
     compiler = os.environ.get("CXX", "c++")
-    build_dir = build_dir_for_this_torch()
-    built_before = any(build_dir.glob("_C*.so"))
-    if src is None or (shutil.which(compiler) is None and not built_before):
-        why = f"no C++ compiler ({compiler})" if src else "no C++ sources"
-        raise ImportError(f"{problem}. {REBUILD_HINT} (It cannot be built on import here: {why} was found.)")
+    if src is None:
+        raise ImportError(f"{problem}. {REBUILD_HINT} (It cannot be built on import here: no C++ sources were found.)")
     from torch.utils import cpp_extension
 
     with_cuda = (
@@ -170,27 +203,33 @@ def build_on_import(problem: str):
         "ops.cpp", "autograd.cpp", "regularizer_host.cpp", "cpu/regularizer_cpu.cpp")]
     if with_cuda:
         sources.append(src / "csrc" / "cuda" / "regularizer_cuda.cu")
+    openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    extra = os.environ.get("CHYVAE_EXT_BUILD_CFLAGS", "").split()
+    cflags = CPU_KERNEL_FLAGS + defines + openmp + extra  # the extra flags last, so they win (the tests' -O0)
+    cuda_cflags = ["-O3", *defines]
+    build_dir = build_dir_for(build_key(sources, src, [compiler, *cflags, "|", *cuda_cflags, str(with_cuda)]))
     build_dir.mkdir(parents=True, exist_ok=True)
     with open(build_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
-        fresh = not any(build_dir.glob("_C*.so"))
-        t0 = time.perf_counter()
-        if fresh:
+        module = _load_built(build_dir)
+        if module is None:
+            if shutil.which(compiler) is None:
+                raise ImportError(f"{problem}. {REBUILD_HINT} (It cannot be built on import here: no C++ compiler "
+                                  f"({compiler}) was found.)")
+            t0 = time.perf_counter()
             print(f"chyvae_ext: {problem}; building it against torch {torch.__version__} in {build_dir} "
-                  "(once; minutes on a small machine)", file=sys.stderr, flush=True)
-        module = cpp_extension.load(
-            name="_C",
-            sources=[str(p) for p in sources],
-            extra_cflags=CPU_KERNEL_FLAGS + defines + (["-fopenmp"] if sys.platform.startswith("linux") else [])
-            + os.environ.get("CHYVAE_EXT_BUILD_CFLAGS", "").split(),  # last, so they win (the tests' -O0)
-            extra_cuda_cflags=["-O3", *defines],
-            extra_ldflags=["-fopenmp"] if sys.platform.startswith("linux") else [],
-            extra_include_paths=[str(src / "csrc")],
-            build_directory=str(build_dir),
-            with_cuda=with_cuda,
-            verbose=False,
-        )
-        if fresh:
+                  "(once for these sources; minutes on a small machine)", file=sys.stderr, flush=True)
+            module = cpp_extension.load(
+                name="_C",
+                sources=[str(p) for p in sources],
+                extra_cflags=cflags,
+                extra_cuda_cflags=cuda_cflags,
+                extra_ldflags=openmp,
+                extra_include_paths=[str(src / "csrc")],
+                build_directory=str(build_dir),
+                with_cuda=with_cuda,
+                verbose=False,
+            )
             print(f"chyvae_ext: built in {time.perf_counter() - t0:.0f} s; later imports load it from there",
                   file=sys.stderr, flush=True)
     config = types.ModuleType(f"{package}._build_config")

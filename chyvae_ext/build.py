@@ -8,17 +8,41 @@ from __future__ import annotations
 
 import torch
 
-from .config import SHAPE_DATASETS, TrainConfig
+from .config import SHAPE_DATASETS, TrainConfig, device_memory
 from .data import DataError, get_dataset
 from .data.fixed import fixed_sample
 from .models.networks import initialise
 from .models.registry import MODEL_KINDS
 
+TRAINING_BYTES_PER_PARAMETER = 16  # float32: the weight, its gradient and Adam's two moments
+
 
 def build_model(c: TrainConfig, channels: int) -> torch.nn.Module:
-    """The configured lone model, initialised as ``c.init`` says (from torch's global generator)."""
+    """The configured lone model, initialised as ``c.init`` says (from torch's global generator). A model
+    too large for ``c.device`` (``--z-dim``, ``--hidden``) is refused before any weight is allocated."""
     kind = MODEL_KINDS[c.model]
+    check_model_size(c, channels)
     return initialise(kind.cls(c.z_dim, channels, c.hidden, **kind.options(c)), c.init)
+
+
+def check_model_size(c: TrainConfig, channels: int) -> None:
+    """Builds the model on the meta device (shapes, no memory) and refuses, naming --z-dim and --hidden, one
+    that cannot be built or whose training state cannot fit in the device's memory."""
+    kind = MODEL_KINDS[c.model]
+    sizes = f"--z-dim {c.z_dim} --hidden {c.hidden}"
+    try:
+        with torch.device("meta"):
+            model = kind.cls(c.z_dim, channels, c.hidden, **kind.options(c))
+    except (RuntimeError, OverflowError, ValueError, TypeError, MemoryError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{sizes}: the {c.model} model cannot be built ({reason[:200]})") from None
+    n = sum(p.numel() for p in model.parameters())
+    total = device_memory(c.device)
+    if total is not None and n * TRAINING_BYTES_PER_PARAMETER > total:
+        need = n * TRAINING_BYTES_PER_PARAMETER
+        raise ValueError(f"{sizes}: the {c.model} model's {n:,} parameters need about {need / 2**30:,.0f} GiB to train "
+                         f"(weights, gradients and Adam's moments), more than the {total / 2**30:,.0f} GiB of "
+                         f"--device {c.device}; use a smaller --z-dim or --hidden")
 
 
 def open_dataset(c: TrainConfig, *, fixed: bool = True):

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import runfiles
-from ._checks import check_int, check_non_negative
+from ._checks import ArgumentParser, check_int, check_non_negative
 from .metrics import METRICS, PROTOCOLS, parse_metrics
 from .models.networks import INITS
 from .models.registry import MODEL_KINDS
@@ -190,7 +190,7 @@ def check_config(c: TrainConfig, *, check_device: bool = True) -> None:
     if c.world_size > 1 and c.compile:
         raise ValueError(f"--compile is not supported with {c.world_size} processes (torchrun); train without it")
     if not isinstance(c.include_shape, bool):
-        raise ValueError(f"include_shape must be true or false, got {c.include_shape!r}")
+        raise ValueError(f"include_shape (--no-shape-factor) must be true or false, got {c.include_shape!r}")
     if not c.include_shape and c.dataset not in SHAPE_DATASETS:
         raise ValueError(
             f"--no-shape-factor applies to {' and '.join(SHAPE_DATASETS)} only, got --dataset {c.dataset}"
@@ -272,6 +272,10 @@ def check_memory(c: TrainConfig) -> None:
         raise ValueError(f"--batch-size {c.batch_size}: a training step needs about {_gib(step)} (about "
                          f"{pixels * STEP_BYTES_PER_PIXEL / 2**20:.2f} MiB an image), more than the "
                          f"{_gib(total)} of --device {c.device}; use a smaller --batch-size")
+    noise = c.batch_size * c.num_samples * (c.z_dim or 32) * 4  # the K samples' float32 noise alone
+    if noise > total:
+        raise ValueError(f"--num-samples {c.num_samples}: the samples of one batch need at least {_gib(noise)}, "
+                         f"more than the {_gib(total)} of --device {c.device}; use a smaller --num-samples")
     stored = (c.dataset_size or 0) * pixels  # uint8 pixels, on the host and on the device
     if stored > total:
         raise ValueError(f"--dataset-size {c.dataset_size}: the fixed set's images need {_gib(stored)}, more than "
@@ -376,7 +380,7 @@ def check_ensemble(configs: list[TrainConfig]) -> None:
 
 def make_parser(description: str | None = None) -> argparse.ArgumentParser:
     """The training command line's parser (``description``: the help text's opening, train's docstring)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m chyvae_ext.train", description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ._checks import check_int
+from ._checks import ArgumentParser, check_int
 from .build import build_model, fixed_batches, held_out_terms, open_dataset
 from .config import check_config, run_config
 from .data.base import GroundTruthDataset
@@ -121,8 +121,13 @@ def evaluate_run(
 
     ``progress``: a function given a line before and after each metric (the CLI prints them).
     """
-    names = parse_metrics(metrics)
+    try:
+        names = parse_metrics(metrics)
+    except ValueError as exc:
+        raise ValueError(f"--{exc}") from None
     check_int("--seed", seed)
+    if seed >= 2**63:
+        raise ValueError(f"--seed must be below 2**63 (torch's generators take 64-bit seeds), got {seed}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if precision not in (None, "fp32", "bf16"):
@@ -172,7 +177,7 @@ def _interrupt(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m chyvae_ext.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", type=Path)

@@ -55,6 +55,7 @@ from pathlib import Path
 
 import torch
 
+from ._checks import ArgumentParser
 from .runfiles import EVAL, has_config, read_config, read_metrics, read_status
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -477,7 +478,7 @@ def load_runs(run_dirs: list[str], *, checkpoint: str | None = None, device: str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m chyvae_ext.explore", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR")

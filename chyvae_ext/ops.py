@@ -56,7 +56,15 @@ def fused_available(device: torch.device | str) -> bool:
     return _arch_supported(index)
 
 
-@torch.compiler.assume_constant_result
+def _marked_constant(fn):
+    """What ``torch.compiler.assume_constant_result`` does (a mark torch.compile reads: the call's result is a
+    constant of the graph), without importing torch._dynamo on ``import chyvae_ext`` (1.6 s of its 3 s).
+    tests/test_build.py checks the mark is the one torch's decorator sets."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_marked_constant
 def _arch_supported(index: int) -> bool:
     ok = _SUPPORTED.get(index)
     if ok is None:

@@ -330,3 +330,64 @@ def test_readme_example_runs():
     exec(compile(blocks[0], "README.md", "exec"), namespace)
     assert namespace["R"].shape == (64,)
     assert namespace["mu"].grad is not None and namespace["L"].grad is not None
+
+
+def test_build_key_changes_with_any_source_byte_header_or_flag(tmp_path):
+    from chyvae_ext._loader import build_key
+
+    (tmp_path / "csrc" / "cpu").mkdir(parents=True)
+    (tmp_path / "python").mkdir()
+    sources = [tmp_path / "python" / "module.cpp", tmp_path / "csrc" / "ops.cpp"]
+    for path in sources:
+        path.write_text("int f() { return 1; }\n")
+    (tmp_path / "csrc" / "ops.h").write_text("#pragma once\n")
+    key = build_key(sources, tmp_path, ["-O3"])
+    assert len(key) == 12 and key == build_key(list(reversed(sources)), tmp_path, ["-O3"])  # order-free
+    assert build_key(sources, tmp_path, ["-O0"]) != key
+    sources[1].write_text("int f() { return 2; }\n")
+    changed_source = build_key(sources, tmp_path, ["-O3"])
+    (tmp_path / "csrc" / "ops.h").write_text("#pragma once\n#define X 1\n")
+    changed_header = build_key(sources, tmp_path, ["-O3"])
+    assert len({key, changed_source, changed_header}) == 3
+
+
+def test_build_directories_are_named_by_torch_cuda_python_and_the_key(monkeypatch, tmp_path):
+    import sys
+
+    from chyvae_ext._loader import build_dir_for
+
+    monkeypatch.setenv("CHYVAE_EXT_CACHE", str(tmp_path))
+    cuda = f"cu{torch.version.cuda}" if torch.version.cuda else "cpu"
+    name = f"torch-{torch.__version__.split('+')[0]}-{cuda}-py{sys.version_info[0]}{sys.version_info[1]}-0123456789ab"
+    assert build_dir_for("0123456789ab") == tmp_path / "build" / name
+
+
+def test_the_constant_mark_is_the_one_torch_compilers_decorator_sets():
+    from chyvae_ext.ops import _marked_constant
+
+    def ours():
+        return 1
+
+    def theirs():
+        return 1
+
+    assert vars(_marked_constant(ours)) == vars(torch.compiler.assume_constant_result(theirs))
+
+
+def test_import_chyvae_ext_leaves_torch_dynamo_unimported():
+    import subprocess
+    import sys
+
+    code = "import sys, chyvae_ext; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+def test_every_install_of_this_package_in_the_readme_builds_against_the_installed_torch():
+    """pip's isolated build has its own torch (or none): each README line that installs the package from
+    its source tree passes --no-build-isolation, so the compiled module matches the torch that runs it."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    installs = [line for line in readme.splitlines() if re.search(r"pip install [^`]*(-e |\s)['\"]?\.(\[|'|\s|$)", line)]
+    assert len(installs) >= 4, installs
+    plain = [line for line in installs if "--no-build-isolation" not in line and "A plain `pip install .`" not in line]
+    assert not plain, plain

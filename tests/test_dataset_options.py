@@ -159,4 +159,4 @@ def test_no_shape_factor_is_refused_where_there_is_no_shape(tmp_path, capsys):
     )
     (tmp_path / "c.yaml").write_text("dataset: shapes2d\ninclude_shape: maybe\n")
     assert main(["--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r")]) == 2
-    assert "include_shape must be true or false, got 'maybe'" in capsys.readouterr().err
+    assert "include_shape (--no-shape-factor) must be true or false, got 'maybe'" in capsys.readouterr().err

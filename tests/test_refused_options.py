@@ -49,6 +49,8 @@ def test_device_memory_of_the_cpu_is_the_machines_ram():
 @pytest.mark.parametrize(("flag", "value", "match"), [
     ("--batch-size", "1000000000", r"--batch-size 1000000000: a training step needs about [\d,]+ GiB .* more than "
                                    r"the [\d,]+ GiB of --device cpu; use a smaller --batch-size"),
+    ("--num-samples", "1000000000000", r"--num-samples 1000000000000: the samples of one batch need at least "
+                                       r"[\d,]+ GiB, more than the [\d,]+ GiB of --device cpu"),
     ("--dataset-size", "1000000000", r"--dataset-size 1000000000: the fixed set's images need 3,815 GiB, more than "
                                      r"the [\d,]+ GiB of --device cpu; use a smaller --dataset-size"),
 ])

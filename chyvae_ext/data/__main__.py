@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .._checks import ArgumentParser
 from . import DATASETS, DataError, GroundTruthDataset, get_dataset
 
 
@@ -48,7 +49,7 @@ def write_png(path: Path, rgb: np.ndarray) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m chyvae_ext.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)

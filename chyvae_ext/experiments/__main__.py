@@ -32,7 +32,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .._checks import check_int
+from .._checks import ArgumentParser, check_int
 from .collect import (
     SEED_MEAN_COLUMNS,
     STATES_ANY,
@@ -61,13 +61,14 @@ def parse_overrides(items: list[str]) -> dict:
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
-            raise ValueError(f"--set {item!r}: the value is not YAML: {exc}") from exc
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"--set {item!r}: the value is not YAML ({problem})") from None
     return out
 
 
 def make_parser() -> argparse.ArgumentParser:
     """The command line: its four subcommands and their options."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m chyvae_ext.experiments",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
