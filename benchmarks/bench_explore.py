@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         ("GET /api/runs/0/decode through TestClient (HTTP client included)", whole),
     ]
     rows += [
-        ("decode alone (model.decode + sigmoid)", median_ms(lambda: explored.decode(zt))),
+        ("decode alone (model.decode)", median_ms(lambda: explored.decode(zt))),
         ("decode + PNG encoding", median_ms(lambda: png(explored.decode(zt)))),
     ]
     threads = torch.get_num_threads()

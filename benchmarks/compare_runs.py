@@ -32,7 +32,7 @@ def held_out_recon(run: Path, n: int) -> dict:
     model.load_state_dict(state["model"])
     model.eval()
     x = torch.from_numpy(images)
-    errors = torch.cat([reconstruction_error(model.decode(model.encode(b)), b) for b in x.split(250)])
+    errors = torch.cat([reconstruction_error(model.decode_logits(model.encode(b)), b) for b in x.split(250)])
     last = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines() if r.strip()][-1]
     return {
         "run": str(run),

@@ -17,7 +17,13 @@ The rooms, from the op up (each module imports only rooms listed above it, and n
   ``distributed.py`` holds what torchrun changes in the loop, ``looptools.py`` what the loop runs
   inside (signals as a flag, the progress bar, flushed denormals).
 - the readers of runs: ``evaluate.py`` (score a run), ``plots.py`` (its pictures), ``explore.py``
-  (the explorer page), ``experiments/`` (grids, sweeps and their launchers, collect, figures).
+  (the explorer page), ``experiments/`` (grids, sweeps and their launchers, collect, figures), and
+  ``api.py`` (``chyvae_ext.load``: a run's model for Python; the models' encode, decode, reconstruct
+  and traverse take the images of ``models/inputs.py``).
+
+The Python front: ``chyvae_ext.train(**options)`` trains (the trainer module, callable, reached
+through this package's ``__getattr__`` on first use, so that nothing here imports the trainer) and
+``chyvae_ext.load(run_dir)`` gives the trained model.
 """
 
 from __future__ import annotations
@@ -31,8 +37,19 @@ from ._loader import load_extension  # noqa: E402
 _C = load_extension()
 
 from ._validate import PriorCov  # noqa: E402
+from .api import load  # noqa: E402
 from .ops import chyvae_regularizer, fused_available, jittered_cholesky  # noqa: E402
 from .reference import chyvae_regularizer_ref  # noqa: E402
+
+
+def __getattr__(name: str):
+    """``chyvae_ext.train``: the trainer module, imported on first use (``import chyvae_ext`` stays light)
+    and callable, ``chyvae_ext.train(steps=200, out="runs/quick")`` (chyvae_ext.train.train_from_python)."""
+    if name == "train":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.train")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def build_info() -> dict:
@@ -48,6 +65,7 @@ def build_info() -> dict:
 __all__ = [
     "PriorCov",
     "build_info",
+    "load",
     "chyvae_regularizer",
     "chyvae_regularizer_ref",
     "fused_available",

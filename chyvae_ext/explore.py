@@ -205,7 +205,7 @@ class ExploredRun:
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(n, d) codes to (n, C, H, W) images in [0, 1]."""
         with torch.no_grad():
-            return torch.sigmoid(self.model.decode(z.to(self.dtype)).float())
+            return self.model.decode(z)
 
     def traversal(self, z: torch.Tensor, dim: int, steps: int) -> torch.Tensor:
         t = torch.linspace(0.0, 1.0, steps, device=self.device)

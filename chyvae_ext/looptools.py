@@ -94,14 +94,33 @@ def span(values: list[float], digits: int) -> str:
     return f"{min(values):.{digits}f}..{max(values):.{digits}f}"
 
 
+def duration(seconds: float) -> str:
+    """A time span in the unit that reads best: "40 s", "12 min", "3.4 h"."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def show_progress(bar, step: int, steps: int, since: int, rate: float, losses: list[float],
                   recon: float | None) -> None:
-    """The bar's update for ``since`` more steps, or (``bar`` None: no terminal) one printed line;
-    ``losses``: every member's mean loss over them, ``recon`` a lone run's reconstruction."""
+    """The bar's update for ``since`` more steps, or (``bar`` None: no terminal) one printed line with the
+    time the remaining steps take at this rate (evaluations come on top); ``losses``: every member's mean
+    loss over them, ``recon`` a lone run's reconstruction."""
     if bar is not None:
         bar.update(since)
         bar.set_postfix(loss=span(losses, 1), steps_s=f"{rate:.1f}")
         return
     who = f"  {len(losses)} members" if recon is None else ""
     detail = f"  loss {span(losses, 2)}" + ("" if recon is None else f"  recon {recon:.2f}")
-    print(f"step {step}/{steps}{who}{detail}  {rate:.1f} steps/s", flush=True)
+    left = f", about {duration((steps - step) / rate)} left" if step < steps and rate > 0 else ""
+    print(f"step {step}/{steps}{who}{detail}  {rate:.1f} steps/s{left}", flush=True)
+
+
+def say(bar, line: str) -> None:
+    """``line`` printed where the progress is shown: above the bar, or on stdout."""
+    if bar is not None:
+        bar.write(line)
+    else:
+        print(line, flush=True)

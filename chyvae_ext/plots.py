@@ -28,13 +28,13 @@ def grid_image(images: torch.Tensor, cols: int, pad: int = 2) -> Image.Image:
 @torch.no_grad()
 def save_reconstructions(model, x: torch.Tensor, path: Path) -> None:
     """Inputs (top row) over their reconstructions from the posterior mean (bottom row)."""
-    recon = torch.sigmoid(model.decode(model.encode(x)).float())
+    recon = model.decode(model.encode(x))
     grid_image(torch.cat([x.float(), recon]), cols=len(x)).save(path)
 
 
 @torch.no_grad()
 def save_samples(model, z: torch.Tensor, path: Path) -> None:
-    grid_image(torch.sigmoid(model.decode(z).float()), cols=int(np.ceil(np.sqrt(len(z))))).save(path)
+    grid_image(model.decode(z), cols=int(np.ceil(np.sqrt(len(z))))).save(path)
 
 
 @torch.no_grad()
@@ -62,7 +62,7 @@ def traversal_images(model, x: torch.Tensor, low: torch.Tensor, high: torch.Tens
     values = low.to(mu.device)[:, None] + (high - low).to(mu.device)[:, None] * t  # (d, steps)
     z = mu.repeat(d, steps, 1)  # (d, steps, d)
     z[torch.arange(d), :, torch.arange(d)] = values
-    images = torch.sigmoid(model.decode(z.view(d * steps, d).to(next(model.parameters()).dtype)).float())
+    images = model.decode(z.view(d * steps, d))
     return images.view(d, steps, *images.shape[1:])
 
 

@@ -319,8 +319,8 @@ def newest_common(runs: list[Run], device: torch.device) -> tuple[int, list[dict
                               stacklevel=2)
             return step, states
     if len(runs) == 1:
-        raise ValueError(f"--resume {runs[0].root}: none of the checkpoint(s) in {runs[0].ckpt_dir} can be loaded "
-                         "(each one's warning says why)")
+        raise ValueError(f"--resume {runs[0].root}: none of the {len(paths[0])} checkpoint(s) in {runs[0].ckpt_dir} "
+                         "can be loaded (each one's warning says why)")
     at = "; ".join(f"{r.root.name} at {', '.join(map(str, sorted(p)))}" for r, p in zip(runs, paths, strict=True))
     raise ValueError(f"an ensemble resumes together, from a step every member has a loadable checkpoint of; "
                      f"there is none ({at})")

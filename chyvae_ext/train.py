@@ -35,6 +35,7 @@ import os
 import signal
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -43,14 +44,16 @@ from . import build
 from .config import ENSEMBLE_SHARED, TrainConfig, check_config, check_ensemble, parse_args
 from .data.base import GroundTruthDataset
 from .distributed import Distributed, rank_seed
-from .looptools import Interrupted, NoWriter, StopRequested, flush_denormals, progress_bar, show_progress
+from .looptools import Interrupted, NoWriter, StopRequested, flush_denormals, progress_bar, say, show_progress
 from .metrics import SharedEncodings, make_encoder, parse_metrics, score
+from .metrics.suite import pruned_note
 from .models.ensemble import LoneMembers, StackedMembers, stack_models
 from .plots import save_curves, save_model_pictures
-from .runfiles import ReadOnlyRun, Run, checkpoint_step_of, load_checkpoint, newest_common
+from .runfiles import ReadOnlyRun, Run, checkpoint_step_of, load_checkpoint, newest_common, read_metrics
 from .step import adam_options, make_step
 
-__all__ = ["ENSEMBLE_SHARED", "Trainer", "TrainConfig", "flush_denormals", "main", "train", "train_ensemble"]
+__all__ = ["ENSEMBLE_SHARED", "Trainer", "TrainConfig", "TrainedRun", "flush_denormals", "main", "train",
+           "train_ensemble", "train_from_python"]
 
 
 class Member:
@@ -388,6 +391,8 @@ class Trainer:
             for terms in build.member_held_out_terms(self.model, self.held_out, bf16=self.bf16)
         ]
         if self.metric_names:
+            say(self.bar, f"step {step}: evaluating {', '.join(self.metric_names)} ({self.c.metric_protocol} "
+                          f"protocol{f', {len(self.members)} members from one encoding' if self.stacked else ''})...")
             if self.stacked:
                 shared = SharedEncodings(self.model, precision=self.c.precision)
                 encoders = [shared.encoder(i) for i in range(len(self.members))]
@@ -395,15 +400,13 @@ class Trainer:
                 encoders = [make_encoder(self.model, precision=self.c.precision)]
             for m, row, encode in zip(self.members, rows, encoders, strict=True):
                 t0 = time.perf_counter()
-                summary, _ = score(encode, self.dataset, self.metric_names, protocol=self.c.metric_protocol, seed=0)
+                summary, details = score(encode, self.dataset, self.metric_names, protocol=self.c.metric_protocol,
+                                         seed=0)
                 row.update(summary, metric_seconds=time.perf_counter() - t0)
                 text = "  ".join(f"{k} {v:.3f}" for k, v in summary.items())
                 who = f"{m.name}: " if self.stacked else ""
-                message = f"step {step}: {who}{text} ({row['metric_seconds']:.0f} s)"
-                if self.bar is not None:
-                    self.bar.write(message)
-                else:
-                    print(message, flush=True)
+                say(self.bar, f"step {step}: {who}{text} ({self.c.metric_protocol} protocol, "
+                              f"{row['metric_seconds']:.0f} s){pruned_note(details)}")
         for m, row in zip(self.members, rows, strict=True):
             m.run.append_metrics(row)
             for k, v in row.items():
@@ -445,6 +448,8 @@ class Trainer:
             m.status = {"state": "running", "step": self.step_count}
             m.run.write_status(m.status)
         self.bar = progress_bar(c.steps, self.step_count) if self.dist.is_main else None
+        if self.dist.is_main:
+            say(self.bar, self.opening_line())
         self.model.train()
         self.t_last, self.steps_since = time.perf_counter(), 0
         self.started_at = self.step_count
@@ -469,6 +474,16 @@ class Trainer:
         if self.bar is not None:
             self.bar.close()
         return [m.status for m in order]
+
+    def opening_line(self) -> str:
+        """What this run is: the model, data, run directory, device, precision and the steps to train."""
+        c = self.c
+        what = f"an ensemble of {len(self.members)} {c.model} runs" if self.stacked else c.model
+        where = f"{self.members[0].run.root}" + (f" (+{len(self.members) - 1} more)" if self.stacked else "")
+        start = f"from step {self.step_count} " if self.step_count else ""
+        procs = f" x {self.dist.world_size} processes" if self.dist.active else ""
+        return (f"training {what} on {c.dataset} into {where}: {self.device}{procs}, {c.precision}, "
+                f"{start}to step {c.steps}")
 
     def _evaluate_here(self, stop: StopRequested) -> None:
         """The evaluation and pictures of this step (rank 0; the others wait). A signal abandons it at
@@ -544,6 +559,38 @@ def train_ensemble(configs: list[TrainConfig], *, resume: bool = False, overwrit
     return Trainer(configs, resume=resume, ensemble=True, overwrite=overwrite).run()
 
 
+@dataclasses.dataclass
+class TrainedRun:
+    """What :func:`train` returns: the run directory, its final status.json and its last evaluation
+    (held-out terms and scores; {} where the run had none)."""
+
+    run_dir: Path
+    status: dict
+    metrics: dict
+
+
+def train_from_python(config=None, /, *, overwrite: bool = False, **options) -> TrainedRun:
+    """Trains a run, as ``python -m chyvae_ext.train`` does: ``config`` a TrainConfig, or the options as
+    keywords (``chyvae_ext.train(model="betavae", beta=4, steps=2000, out="runs/b4")``; see
+    ``python -m chyvae_ext.train --help`` for each; ``overwrite``: replace a run already in ``out``, as
+    ``--overwrite``). Returns a :class:`TrainedRun`; raises ValueError for a bad option, naming it."""
+    if config is None:
+        try:
+            config = TrainConfig(**options)
+        except TypeError as exc:
+            known = ", ".join(f.name for f in dataclasses.fields(TrainConfig))
+            raise ValueError(f"{exc.args[0].split('() ')[-1]}; the options are: {known}") from None
+    elif options:
+        raise ValueError(f"give a TrainConfig or options, not both (got a config and {', '.join(options)})")
+    elif not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a chyvae_ext TrainConfig, got {type(config).__name__}")
+    status = train(config, overwrite=overwrite)
+    run_dir = Path(config.resolved().out)
+    evals = [r for r in read_metrics(run_dir) if r.get("kind") == "eval"]
+    metrics = {k: v for k, v in evals[-1].items() if k != "kind"} if evals else {}
+    return TrainedRun(run_dir, status, metrics)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         configs, resume, ensemble, overwrite = parse_args(argv, description=__doc__)
@@ -562,6 +609,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     return 130 if "interrupted" in states else 1
 
+
+class _CallableModule(types.ModuleType):
+    """This module, callable: ``chyvae_ext.train(...)`` is :func:`train_from_python` (importing
+    ``chyvae_ext.train`` sets the package's attribute to this module, so the module itself answers)."""
+
+    def __call__(self, config=None, /, **options) -> TrainedRun:
+        return train_from_python(config, **options)  # overwrite among the options
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -8,7 +8,8 @@ from chyvae_ext.plots import latent_spread, save_traversals, traversal_images
 
 
 class Codes(torch.nn.Module):
-    """encode: the first d pixels of each image; decode: logits equal to z, as a 1 x d image."""
+    """encode: the first d pixels of each image; decode: images whose logits equal z, as a 1 x d image (a
+    model's decode gives images in [0, 1])."""
 
     def __init__(self, d):
         super().__init__()
@@ -19,7 +20,7 @@ class Codes(torch.nn.Module):
         return x.flatten(1)[:, : self.d]
 
     def decode(self, z):
-        return z.view(len(z), 1, 1, self.d)
+        return torch.sigmoid(z.view(len(z), 1, 1, self.d).float())
 
 
 def images_with_codes(codes):

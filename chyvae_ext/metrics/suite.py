@@ -145,8 +145,9 @@ def score(
     details: dict[str, dict] = {}
     for name in metrics:
         t0 = time.perf_counter()
+        label = f"{name} ({protocol} protocol)" if name == "factor_vae" else name
         if progress is not None:
-            progress(f"{name}: computing ...")
+            progress(f"{label}: computing ...")
         before = set(summary)
         if name == "factor_vae":
             out = factor_vae_score(encode, dataset, protocol=protocol, seed=seed)
@@ -178,8 +179,18 @@ def score(
         details[name] = {k: _jsonable(v) for k, v in out.items()} | {"seconds": time.perf_counter() - t0}
         if progress is not None:
             got = "  ".join(f"{k} {v:.4f}" for k, v in summary.items() if k not in before)
-            progress(f"{name}: {got} ({details[name]['seconds']:.1f} s)")
+            progress(f"{label}: {got} ({details[name]['seconds']:.1f} s){pruned_note(details)}")
     return summary, details
+
+
+def pruned_note(details: dict) -> str:
+    """", every latent dimension pruned ..." where the FactorVAE metric found no dimension that moves (its
+    score is then 0 by definition, not a measured failure); "" otherwise."""
+    fv = details.get("factor_vae")
+    if fv is None or len(fv.get("active_dims", [None])) > 0:
+        return ""
+    below = fv["protocol"]["prune_below"]
+    return f"; every latent dimension pruned (standard deviation below {below:g}), so the score is 0 by definition"
 
 
 def _jsonable(v):

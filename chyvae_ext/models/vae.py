@@ -2,8 +2,9 @@
 
 ``model.loss(x, generator=...)`` returns a dict of scalar tensors: ``loss`` (what the optimiser
 minimises), ``recon`` (BCE summed over pixels, mean over the batch), ``neg_elbo`` (a true upper
-bound on -log p(x), mean over the batch) and the model's own terms. ``encode(x)`` gives posterior
-means, ``decode(z)`` logits.
+bound on -log p(x), mean over the batch) and the model's own terms. ``encode(images)`` gives posterior
+means, ``decode(z)`` images in [0, 1] (``decode_logits(z)`` the logits), ``reconstruct(images)`` and
+``traverse(image)`` the pictures; they take the forms of :mod:`chyvae_ext.models.inputs`.
 
 Built with ``members=M`` a model is M independent models in one (an ensemble, see
 :mod:`chyvae_ext.models.ensemble`): images are (M, N, C, 64, 64), every term is (M,) (one per
@@ -23,6 +24,7 @@ from torch import nn
 from .._checks import check_non_negative
 from .._validate import PriorCov
 from ..ops import chyvae_regularizer, jittered_cholesky
+from .inputs import DEFAULT_TRAVERSAL, as_codes, as_images
 from .networks import Decoder, Encoder, StackedLinear, reconstruction_error
 
 Noise = tuple[torch.Tensor, ...]
@@ -65,8 +67,52 @@ class _Base(nn.Module):
         self.encoder = Encoder(channels, hidden, head_dim, members=members)
         self.decoder = Decoder(latent_dim, hidden, channels, members=members)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    # ---- the public face: images in, codes out and back (the forms they take: models.inputs) ---------------
+    def _placement(self) -> dict:
+        p = next(self.parameters())
+        return {"device": p.device, "dtype": p.dtype}
+
+    def encode(self, images) -> torch.Tensor:
+        """The posterior means (N, d) of ``images``: uint8 (0..255) or float (0..1), NumPy or torch, (64, 64),
+        (N, 64, 64), (64, 64, C), (N, C, 64, 64) or (N, 64, 64, C) (:func:`~chyvae_ext.models.inputs.as_images`;
+        an ensemble's (M, N, C, 64, 64) floats give (M, N, d))."""
+        return self.posterior(as_images(images, self.channels, **self._placement()))[0]
+
+    def decode(self, z) -> torch.Tensor:
+        """Images (N, C, 64, 64) in [0, 1], float32, from codes ``z`` (N, d), or one code (d,) (a tensor,
+        NumPy array or list). :meth:`decode_logits` gives the decoder's logits."""
+        return torch.sigmoid(self.decoder(as_codes(z, self.latent_dim, **self._placement())).float())
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """The decoder's Bernoulli logits for codes ``z`` (..., d), as the loss sees them."""
         return self.decoder(z)
+
+    @torch.no_grad()
+    def reconstruct(self, images) -> torch.Tensor:
+        """The images decoded from their posterior means: (N, C, 64, 64) in [0, 1] (``images`` as :meth:`encode`)."""
+        return self.decode(self.encode(images))
+
+    @torch.no_grad()
+    def traverse(self, image, dim: int | None = None, values=None) -> torch.Tensor:
+        """Latent traversals of one ``image`` (any single-image form :meth:`encode` takes): its posterior mean
+        with dimension ``dim`` set to each of ``values`` (default nine from -3 to 3), decoded. Returns
+        (len(values), C, 64, 64) for one ``dim``; with ``dim=None``, (d, len(values), C, 64, 64), a row per
+        dimension."""
+        z = self.encode(image)
+        if z.dim() != 2 or z.shape[0] != 1:
+            raise ValueError(f"traverse takes one image, got {z.shape[0] if z.dim() == 2 else tuple(z.shape)}")
+        d = self.latent_dim
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or not 0 <= dim < d):
+            raise ValueError(f"dim must be a latent dimension 0..{d - 1} or None, got {dim!r}")
+        values = torch.as_tensor(DEFAULT_TRAVERSAL if values is None else values, dtype=z.dtype, device=z.device)
+        if values.dim() != 1 or len(values) == 0:
+            raise ValueError(f"values must hold at least one number, got {values.numel()}")
+        dims = range(d) if dim is None else [dim]
+        codes = z.repeat(len(dims), len(values), 1)  # (dims, steps, d)
+        for row, k in enumerate(dims):
+            codes[row, :, k] = values
+        images = self.decode(codes.reshape(-1, d)).reshape(len(dims), len(values), *(self.channels, 64, 64))
+        return images[0] if dim is not None else images
 
     def _member_values(self, name: str, values: list[float] | float) -> float:
         """A per-member hyperparameter kept as a (M,) float32 buffer that moves with the model and
@@ -137,9 +183,6 @@ class BetaVAE(_Base):
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = _full_precision(self.encoder(x))
         return h[..., : self.latent_dim], h[..., self.latent_dim :]  # mu, log sigma^2
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.posterior(x)[0]
 
     def vae_terms(
         self, x: torch.Tensor, *, generator: Generators = None, noise: Noise | None = None
@@ -349,9 +392,6 @@ class CHyVAE(_Base):
         diag = nn.functional.softplus(torch.diagonal(a, dim1=-2, dim2=-1)) + 1e-4
         L = torch.tril(a, -1) + torch.diag_embed(diag)
         return mu, jittered_cholesky(L, self.posterior_jitter) if self.posterior_jitter else L
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.posterior(x)[0]
 
     def _noise_shapes(self, n: int) -> list[tuple[int, ...]]:
         return [(n, self.latent_dim, 1), (n, self.num_samples, self.latent_dim, 1)]
