@@ -164,6 +164,8 @@ def evaluate_run(
     encode = make_encoder(model, precision=precision)
     summary, details = score(encode, dataset, names, protocol=protocol, seed=seed, progress=progress)
     record["metrics"] = summary
+    if "factor_vae" in summary:
+        record["chance"] = {"factor_vae": 1 / dataset.num_factors}  # a random dimension-to-factor guess
     record["details"] = details
     if pictures:
         save_model_pictures(model, fixed, held_out, root, bf16=precision == "bf16")
@@ -211,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, old_term)
     scores = "  ".join(f"{k} {v:.4f}" for k, v in record["metrics"].items())
+    if "factor_vae" in record["metrics"]:
+        scores += f" ({record['protocol']} protocol; chance {record['chance']['factor_vae']:.2f})"
     if "posterior" in record:
         scores += f"  smallest posterior variance {min(record['posterior']['var_min']):.3g}"
     print(

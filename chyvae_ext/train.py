@@ -46,7 +46,7 @@ from .data.base import GroundTruthDataset
 from .distributed import Distributed, rank_seed
 from .looptools import Interrupted, NoWriter, StopRequested, flush_denormals, progress_bar, say, show_progress
 from .metrics import SharedEncodings, make_encoder, parse_metrics, score
-from .metrics.suite import pruned_note
+from .metrics.suite import chance_note, pruned_note
 from .models.ensemble import LoneMembers, StackedMembers, stack_models
 from .plots import save_curves, save_model_pictures
 from .runfiles import ReadOnlyRun, Run, checkpoint_step_of, load_checkpoint, newest_common, read_metrics
@@ -405,8 +405,9 @@ class Trainer:
                 row.update(summary, metric_seconds=time.perf_counter() - t0)
                 text = "  ".join(f"{k} {v:.3f}" for k, v in summary.items())
                 who = f"{m.name}: " if self.stacked else ""
-                say(self.bar, f"step {step}: {who}{text} ({self.c.metric_protocol} protocol, "
-                              f"{row['metric_seconds']:.0f} s){pruned_note(details)}")
+                say(self.bar, f"step {step}: {who}{text} ({self.c.metric_protocol} protocol"
+                              f"{chance_note(summary, self.dataset)}, {row['metric_seconds']:.0f} s)"
+                              f"{pruned_note(details)}")
         for m, row in zip(self.members, rows, strict=True):
             m.run.append_metrics(row)
             for k, v in row.items():

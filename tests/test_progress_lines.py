@@ -25,7 +25,7 @@ def test_training_opens_with_what_it_trains_and_says_the_time_left_and_each_eval
     assert re.fullmatch(r"step 2/4  loss [\d.]+  recon [\d.]+  [\d.]+ steps/s, about \d+ s left", lines[1]), lines[1]
     assert re.fullmatch(r"step 4/4  loss [\d.]+  recon [\d.]+  [\d.]+ steps/s", lines[2]), lines[2]  # none left
     assert lines[3] == "step 4: evaluating mig (chyvae protocol)..."
-    assert re.fullmatch(r"step 4: mig [\d.]+ \(chyvae protocol, \d+ s\)", lines[4]), lines[4]
+    assert re.fullmatch(r"step 4: mig [\d.]+ \(chyvae protocol, \d+ s\)", lines[4]), lines[4]  # no chance for MIG
     assert main(["--resume", str(out), "--steps", "6", "--log-every", "2"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == (f"training chyvae on correlated_ellipses into {out}: cpu, "
                                                        "fp32, from step 4 to step 6")
@@ -79,3 +79,41 @@ def test_collects_table_shows_the_mig_training_logged_when_nothing_was_scored(tm
     assert "mig_scored (mean +- std)" in table
     assert f"{logged:.3f} +- 0.000" in table
     assert np.isfinite(logged)
+
+
+def test_collect_says_what_it_will_score_and_about_how_long_before_it_starts(tmp_path, monkeypatch):
+    from chyvae_ext.experiments import scores
+    from chyvae_ext.experiments.collect import _plan_line
+
+    root = tmp_path / "runs"
+    assert main([*TINY, "--steps", "2", "--log-every", "2", "--eval-every", "2", "--metrics", "mig",
+                 "--out", str(root / "r")]) == 0
+    monkeypatch.setattr(scores, "images_per_second", lambda config: 1000.0)
+    line = _plan_line([root], root, None, (0,))
+    # MIG was logged by training at step 2: only the two FactorVAE protocols for the run; all three for the floor
+    per_run = scores.images_encoded("factor_vae_chyvae") + scores.images_encoded("factor_vae_kim_mnih")
+    images = 2 * per_run + scores.images_encoded("mig_scored")
+    assert line == (f"collect: scoring 1 run(s) and 3 untrained floor score(s): 2 FactorVAE (paper protocol), "
+                    f"2 FactorVAE (kim_mnih), 1 MIG; {images:,} images, about {round(images / 1000 / 60)} min at "
+                    "this machine's 1,000 images/s (--no-score shows only what is cached)")
+    assert scores.images_encoded("factor_vae_chyvae") == 325_000 and scores.images_encoded("factor_vae_kim_mnih_s1") == 970_000
+    cache = {"2": {k: 0.5 for k in scores.SCORE_KEYS}}
+    (root / "r" / "scores.json").write_text(json.dumps(cache))
+    assert scores.missing_scores(root / "r") == []
+    assert _plan_line([root], root, None, (0,)).startswith("collect: scoring 0 run(s) and 3 untrained floor")
+
+
+def test_images_per_second_times_rendering_and_encoding():
+    from chyvae_ext.config import TrainConfig
+    from chyvae_ext.experiments.scores import images_per_second
+
+    assert images_per_second(TrainConfig(z_dim=3, hidden=16, nu=10.0, precision="fp32").resolved(), n=200) > 0
+
+
+def test_a_factor_vae_score_is_shown_beside_its_chance_level():
+    from chyvae_ext.metrics.suite import chance_note
+
+    assert chance_note({"factor_vae": 0.7}, get_dataset("correlated_ellipses")) == "; chance 0.25"  # 4 factors
+    assert chance_note({"factor_vae": 0.7}, get_dataset("shapes2d")) == "; chance 0.20"  # shape among 5 factors
+    assert chance_note({"factor_vae": 0.7}, get_dataset("shapes2d", include_shape=False)) == "; chance 0.25"
+    assert chance_note({"mig": 0.1}, get_dataset("shapes2d")) == ""

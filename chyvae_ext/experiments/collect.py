@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import runfiles
 from .._checks import check_int
-from ..config import run_config, run_options
+from ..config import SYNTHETIC, run_config, run_options
 from ..models.registry import MODEL_KINDS
 
 # the hyperparameter each model's rows are grouped by (the plain VAE's beta is always 1)
@@ -104,6 +104,9 @@ def collect_runs(
         if not r.is_dir():
             raise ValueError(f"ROOT {r}: no such directory")
     finals, steps, configs = [], [], []
+    if score and progress is not None:
+        out_dir = Path(out) if out is not None else roots[0]
+        progress(_plan_line(roots, out_dir, at_step, seeds))
     for r in roots:
         for run_dir in sorted(p.parent for p in r.rglob(runfiles.CONFIG)):
             got = _run_rows(run_dir)
@@ -146,6 +149,39 @@ def collect_runs(
     _write_csv(out / "results.csv", finals)
     _write_csv(out / "results_by_step.csv", steps)
     return out / "results.csv", finals
+
+
+def _plan_line(roots: list[Path], out: Path, at_step: int | None, seeds: tuple[int, ...]) -> str:
+    """What collect is about to score, and about how long that takes on this machine (timed on 2,000
+    images), said before it starts: the scores take minutes each on a CPU."""
+    from ..looptools import duration
+    from .scores import images_encoded, images_per_second, missing_scores, missing_untrained
+
+    keys, runs, configs = [], 0, []
+    for r in roots:
+        for run_dir in sorted(p.parent for p in r.rglob(runfiles.CONFIG)):
+            try:
+                configs.append(run_config(run_dir).resolved())
+            except ValueError:
+                continue  # left out, with a warning, by the collection itself
+            missing = missing_scores(run_dir, step=at_step, metric_seeds=seeds)
+            runs += bool(missing)
+            keys += missing
+    floors = missing_untrained(configs, out / "untrained_scores.json", seeds)
+    if not keys and not floors:
+        return "collect: every score is cached or was logged by training; nothing to compute"
+    counts: dict[str, int] = {}
+    for k in keys + floors:
+        name = next(n for n in ("factor_vae_chyvae", "factor_vae_kim_mnih", "mig_scored") if k.startswith(n))
+        counts[name] = counts.get(name, 0) + 1
+    names = {"factor_vae_chyvae": "FactorVAE (paper protocol)", "factor_vae_kim_mnih": "FactorVAE (kim_mnih)",
+             "mig_scored": "MIG"}
+    what = ", ".join(f"{n} {names[k]}" for k, n in counts.items())
+    images = sum(images_encoded(k) for k in keys + floors)
+    rate = images_per_second(next(c for c in configs if c.dataset in SYNTHETIC))
+    return (f"collect: scoring {runs} run(s) and {len(floors)} untrained floor score(s): {what}; "
+            f"{images:,} images, about {duration(images / rate)} at this machine's {rate:,.0f} images/s "
+            "(--no-score shows only what is cached)")
 
 
 def read_csv(path: str | Path) -> list[dict]:

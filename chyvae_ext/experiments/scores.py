@@ -88,6 +88,65 @@ def score_encoder(model: torch.nn.Module, dataset: GroundTruthDataset, *, precis
     return out
 
 
+def images_encoded(key: str) -> int:
+    """How many images the score ``key`` (a SCORE_KEYS name, any metric seed) renders and encodes."""
+    from ..metrics.factor_vae import PROTOCOLS
+
+    base = next(k for k in SCORE_KEYS if key == k or key.startswith(k + "_s"))
+    if base == "mig_scored":
+        return 10_000  # mig's num_train
+    p = PROTOCOLS[base.removeprefix("factor_vae_")]
+    return p.std_images + (p.train_votes + p.eval_votes) * p.votes_per_sample
+
+
+def missing_scores(run_dir: Path, *, step: int | None = None, metric_seeds: tuple[int, ...] = (0,)) -> list[str]:
+    """The scores :func:`score_run` would compute for the run (none cached, none training logged there);
+    [] where it would compute nothing (no checkpoint of that step, everything cached)."""
+    ckpt = Run(run_dir).checkpoint(step)
+    if ckpt is None:
+        return []
+    step = checkpoint_step_of(ckpt)
+    known = set(_read_json(run_dir / SCORES).get(str(step), {}))
+    try:
+        protocol = json.loads((run_dir / "config.json").read_text()).get("metric_protocol", "chyvae")
+    except (OSError, ValueError):
+        protocol = "chyvae"
+    for row in read_metrics(run_dir):
+        if row.get("kind") == "eval" and row.get("step") == step:
+            known |= {f"factor_vae_{protocol}"} if "factor_vae" in row else set()
+            known |= {"mig_scored"} if "mig" in row else set()
+    return [k for k in _wanted(metric_seeds) if k not in known]
+
+
+def missing_untrained(configs: list[TrainConfig], cache_path: Path, metric_seeds: tuple[int, ...] = (0,)) -> list[str]:
+    """The scores :func:`untrained_rows` would compute: each distinct initial encoder's missing keys."""
+    cache, seen, out = _read_json(cache_path), set(), []
+    for config in configs:
+        dataset = _dataset(config)
+        if dataset is None:
+            continue
+        key = f"{config.dataset}|{_encoder_hash(initial_model(config, dataset.channels))}"
+        if key not in seen:
+            seen.add(key)
+            out += [k for k in _wanted(metric_seeds) if k not in cache.get(key, {})]
+    return out
+
+
+def images_per_second(config: TrainConfig, n: int = 2000) -> float:
+    """This machine's rate at rendering and encoding the run's images (the bulk of a score's time), timed
+    on ``n`` images with the run's untrained model at its precision."""
+    import time
+
+    import numpy as np
+
+    dataset = _dataset(config)
+    encode = make_encoder(initial_model(config, dataset.channels).eval(), precision=config.resolved().precision)
+    factors = dataset.sample_factors(n, np.random.default_rng(0))
+    t0 = time.perf_counter()
+    encode(torch.from_numpy(dataset.pixels(factors)).float().div_(255))
+    return n / (time.perf_counter() - t0)
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())

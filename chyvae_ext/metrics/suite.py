@@ -183,6 +183,12 @@ def score(
     return summary, details
 
 
+def chance_note(summary: dict, dataset: GroundTruthDataset) -> str:
+    """"; chance 0.25" for a FactorVAE score: a classifier from dimension to factor guessing at random is
+    right 1 / K of the time (K ground-truth factors); "" without one."""
+    return f"; chance {1 / dataset.num_factors:.2f}" if "factor_vae" in summary else ""
+
+
 def pruned_note(details: dict) -> str:
     """", every latent dimension pruned ..." where the FactorVAE metric found no dimension that moves (its
     score is then 0 by definition, not a measured failure); "" otherwise."""
