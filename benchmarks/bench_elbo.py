@@ -1,6 +1,6 @@
 """Forward+backward of the CHyVAE regulariser per minibatch: fused op against the PyTorch reference.
 
-SPEC 5: one process, interleaved repeats after warm-up, medians; CUDA timed with events after a
+docs/math.md 5: one process, interleaved repeats after warm-up, medians; CUDA timed with events after a
 synchronise, plus the device time of a captured CUDA graph of the fused forward+backward. Before
 timing, each configuration checks that fused and reference agree (values and gradients).
 

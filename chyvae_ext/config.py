@@ -25,7 +25,7 @@ from .models.registry import MODEL_KINDS
 MODELS = tuple(MODEL_KINDS)  # chyvae, betavae, factorvae, vae, betatcvae, dipvae1, dipvae2, annealedvae
 BETA_MODELS = ("betavae", "betatcvae")  # the models --beta applies to ("vae" is beta = 1)
 GAMMA_DEFAULTS = {"factorvae": 10.0, "annealedvae": 1000.0}  # --gamma: FactorVAE's TC weight, AnnealedVAE's
-DIP_D_FACTOR = {"dipvae1": 10.0, "dipvae2": 1.0}  # disentanglement_lib's study (SPEC 6)
+DIP_D_FACTOR = {"dipvae1": 10.0, "dipvae2": 1.0}  # disentanglement_lib's study (docs/math.md 6)
 SYNTHETIC = ("shapes2d", "dsprites", "correlated_ellipses")
 SHAPE_DATASETS = ("dsprites", "shapes2d")  # the sets with a discrete shape factor (include_shape)
 
@@ -37,7 +37,7 @@ class TrainConfig:
     data_root: str | None = None
     dataset_size: int | None = None  # a fixed set of N images drawn once (seed 0) from a procedural dataset
     include_shape: bool = True  # dsprites / shapes2d: whether the metrics count shape as a factor
-    z_dim: int | None = None  # default: 10 for the synthetic sets, 32 otherwise (SPEC 2)
+    z_dim: int | None = None  # default: 10 for the synthetic sets, 32 otherwise (docs/math.md 2)
     hidden: int | None = None  # default: 128 for the synthetic sets, 256 otherwise
     nu: float = 200.0
     learn_nu: bool = False

@@ -87,7 +87,7 @@ _SUPPORTED: dict[int, bool] = {}
 
 
 def jittered_cholesky(L: torch.Tensor, jitter: float) -> torch.Tensor:
-    """The Cholesky factor of ``L L^T + jitter * I``: the original code's posterior floor (SPEC 1).
+    """The Cholesky factor of ``L L^T + jitter * I``: the original code's posterior floor (docs/math.md 1).
 
     L: (..., d, d), its lower triangle read. The product and its factorisation run in float64 (a
     jitter of 1e-4 beside entries of 30 is below float32's resolution) and the factor comes back in
@@ -115,7 +115,7 @@ def chyvae_regularizer(
     impl: str = "auto",
     posterior_jitter: float = 0.0,
 ) -> torch.Tensor:
-    """The CHyVAE regulariser R of SPEC 1.1, one value per datapoint: ELBO = E[log p(x|z)] + R.
+    """The CHyVAE regulariser R of docs/math.md 1.1, one value per datapoint: ELBO = E[log p(x|z)] + R.
 
     Args:
         mu: (N, d) posterior means.
@@ -132,7 +132,7 @@ def chyvae_regularizer(
             or a PriorCov (validated once); Psi = max(nu - d - 1, 1) * Sigma0. Receives no gradient.
         constants: include c(nu, Psi, d, K), making R an exact ELBO term.
         impl: "fused" (compiled kernels, no per-datapoint factorisation), "reference" (pure
-            PyTorch, SPEC 1.2) or "auto" (fused when compiled for the inputs' device).
+            PyTorch, docs/math.md 1.2) or "auto" (fused when compiled for the inputs' device).
         posterior_jitter: EPS >= 0; the posterior covariance is ``L L^T + EPS * I`` (the original
             code's floor, EPS = 1e-4), handed to the kernels as its Cholesky factor
             (:func:`jittered_cholesky`). 0 (the default): C = L L^T.

@@ -1,4 +1,4 @@
-"""The pure-PyTorch reference of the CHyVAE regulariser (SPEC 1.2): literal, O(d^3) per datapoint.
+"""The pure-PyTorch reference of the CHyVAE regulariser (docs/math.md 1.2): literal, O(d^3) per datapoint.
 
 It is the oracle for the tests and the fallback where no fused kernel is compiled.
 """
@@ -30,7 +30,7 @@ def multivariate_lgamma(a: torch.Tensor, d: int) -> torch.Tensor:
 
 
 def regularizer_from_checked(inp: RegularizerInputs, constants: bool, jitter: float = 0.0) -> torch.Tensor:
-    """R of SPEC 1.1 for validated inputs, computed (and returned) in float64 where the device has it,
+    """R of docs/math.md 1.1 for validated inputs, computed (and returned) in float64 where the device has it,
     else in the compute dtype; the callers cast it to the inputs'. Reads nothing back to the host.
 
     jitter: the posterior covariance is C = L L^T + jitter * I, formed and factorised as written
@@ -95,7 +95,7 @@ def chyvae_regularizer_ref(
     constants: bool = True,
     posterior_jitter: float = 0.0,
 ) -> torch.Tensor:
-    """Reference CHyVAE regulariser R (SPEC 1.1), one value per datapoint.
+    """Reference CHyVAE regulariser R (docs/math.md 1.1), one value per datapoint.
 
     Same arguments and result as :func:`chyvae_ext.chyvae_regularizer`: ``mu`` (N, d), ``L`` (N, d, d)
     (lower triangle read), ``z`` (N, d) or (N, K, d), ``nu`` > d - 1 (a number, a 0-d tensor or one

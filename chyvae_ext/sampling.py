@@ -1,4 +1,4 @@
-"""Sampling from the CHyVAE prior (SPEC 1.4): inverse-Wishart covariances by Bartlett's method."""
+"""Sampling from the CHyVAE prior (docs/math.md 1.4): inverse-Wishart covariances by Bartlett's method."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(chyvae_ext, m) {
-  // R of SPEC 1.1 per datapoint. mu (N, d); L (N, d, d), lower triangle read; z (N, d) or (N, K, d);
+  // R of docs/math.md 1.1 per datapoint. mu (N, d); L (N, d, d), lower triangle read; z (N, d) or (N, K, d);
   // nu 0-d (the CPU or the inputs' device) or (N,) (the inputs' device), float32/float64; prior_prec Sigma0^-1 (d, d), or None for Sigma0 = prior_scale * I;
   // prior_logdet log|Sigma0| (used with prior_prec). Returns (N,) in the inputs' dtype.
   m.def(

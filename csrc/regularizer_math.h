@@ -3,7 +3,7 @@
 // which the CPU runs row by row or in quads (d fixed at compile time) and the CUDA kernels a thread or
 // a warp per datapoint (cuda/regularizer_kernels.cuh).
 //
-// Notation follows SPEC 1.3, generalised to K posterior samples with the Woodbury identity:
+// Notation follows docs/math.md 1.3, generalised to K posterior samples with the Woodbury identity:
 //   Z = [z_1 .. z_K] (d x K), P = Psi^-1, U = P Z, G = I_K + Z^T U, H = G^-1,
 //   W = L^T U, m = U^T mu, Q' = W^T W + m m^T, Q = Q' + G - I_K.
 //   log|Psi'|     = log|Psi| + log|G|
@@ -91,7 +91,7 @@ CHY_HD double reg_trigamma(double x) {
 }
 
 // Term i (0 <= i < d) of the sums over i in c (forward) or dc/dnu (backward): the multivariate
-// log-gamma, digamma and trigamma of SPEC 1.1 are sums over a - i/2.
+// log-gamma, digamma and trigamma of docs/math.md 1.1 are sums over a - i/2.
 CHY_HD double reg_const_term(double nu, int K, int i, bool backward) {
   const double a = 0.5 * (nu + K) - 0.5 * i, b = 0.5 * nu - 0.5 * i;
   if (!backward) {
@@ -605,7 +605,7 @@ CHY_HD RegIso1Sums reg_iso1_load(int d, const double* saved) {
   return r;
 }
 
-// T = tr(M Psi'^-1) from the sums (SPEC 1.3).
+// T = tr(M Psi'^-1) from the sums (docs/math.md 1.3).
 CHY_HD double reg_iso1_trace(int d, double p_iso, const RegIso1Sums& r) {
   const double q = r.ww + r.m * r.m + (r.a - 1.0);
   return p_iso * r.ss + p_iso * r.mm + d - q / r.a;
@@ -713,7 +713,7 @@ CHY_HD double reg_backward_point_iso1(const RegParams& p, double g, const T* mu,
 #ifdef CHY_QUAD
 // ---- Fast path with d fixed at compile time, in quads (CPU) ------------------------------------
 // The same R and gradients as reg_forward_point_iso1 / reg_backward_point_iso1, for a d known at
-// compile time (10 and 32, SPEC 2's latent sizes), written as whole quads of columns: every
+// compile time (10 and 32, docs/math.md 2's latent sizes), written as whole quads of columns: every
 // loop has a constant trip count, so after unrolling each row's lower-triangle mask is a constant
 // and no column above the diagonal costs anything. GCC left the scalar form mostly scalar, with
 // a compare and branch per entry (its cost: benchmarks/RESULTS.md, "Numbers behind the code's comments").

@@ -1,4 +1,4 @@
-"""The baselines of disentanglement_lib's study (SPEC 6): beta-TCVAE, DIP-VAE I/II, AnnealedVAE and the
+"""The baselines of disentanglement_lib's study (docs/math.md 6): beta-TCVAE, DIP-VAE I/II, AnnealedVAE and the
 plain VAE. Each loss is checked term by term against its formula written out here (explicit loops
 over datapoints and dimensions, float64), values and gradients; then ensembles, compile, the
 training CLI on shapes2d and correlated_ellipses, and every refusal's message."""

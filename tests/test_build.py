@@ -297,7 +297,8 @@ def test_readme_set_up_names_only_torch_and_the_build_requirements():
     build = {re.split(r"[<>=!~ \[]", r)[0].lower() for r in project["build-system"]["requires"]}
     extras = set(project["project"]["optional-dependencies"])
     readme = (root / "README.md").read_text()
-    section = readme[readme.index("## Fresh machine"):readme.index("## API")]
+    start = readme.index("## Fresh machine")
+    section = readme[start:readme.index("\n## ", start + 1)]
     commands = re.findall(r"```bash\n(.*?)\n```", section, flags=re.S)
     assert len(commands) == 2
     named = set()
@@ -321,12 +322,12 @@ def test_readme_set_up_names_only_torch_and_the_build_requirements():
     assert install in ci and any(line.startswith("python -m pytest" + tests) for line in ci)
 
 
-def test_readme_example_runs():
-    """The README's Python example is code that runs, not prose."""
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), flags=re.S)
+def test_the_ops_example_in_its_docs_runs():
+    """docs/op.md's Python example is code that runs, not prose."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "op.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
     op = [b for b in blocks if "chyvae_regularizer(" in b]
-    assert op, "README.md has no python example of the op"
+    assert op, "docs/op.md has no python example of the op"
     namespace = {}
     exec(compile(op[0], "README.md", "exec"), namespace)
     assert namespace["R"].shape == (64,)
@@ -384,12 +385,14 @@ def test_import_chyvae_ext_leaves_torch_dynamo_unimported():
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
 
 
-def test_every_install_of_this_package_in_the_readme_builds_against_the_installed_torch():
-    """pip's isolated build has its own torch (or none): each README line that installs the package from
-    its source tree passes --no-build-isolation, so the compiled module matches the torch that runs it."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    installs = [line for line in readme.splitlines() if re.search(r"pip install [^`]*(-e |\s)['\"]?\.(\[|'|\s|$)", line)]
-    assert len(installs) >= 4, installs
+def test_every_install_of_this_package_in_the_readme_and_docs_builds_against_the_installed_torch():
+    """pip's isolated build has its own torch (or none): each line of the README and docs/ that installs the
+    package from its source tree passes --no-build-isolation, so the compiled module matches the torch that
+    runs it."""
+    root = Path(__file__).resolve().parents[1]
+    text = "\n".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("*.md"))])
+    installs = [line for line in text.splitlines() if re.search(r"pip install [^`]*(-e |\s)['\"]?\.(\[|'|\s|$)", line)]
+    assert len(installs) >= 6, installs
     plain = [line for line in installs if "--no-build-isolation" not in line and "A plain `pip install .`" not in line]
     assert not plain, plain
 

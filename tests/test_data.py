@@ -26,7 +26,7 @@ def centroid_and_area(img):
 def test_render_follows_the_published_recipe_literally():
     values = np.array([[0.5, 0.5, 1.0, 0.0], [1.0, 0.0, 0.0, 1.0], [0.2, 0.9, 0.4, 0.3]])
     expected = []
-    for x, y, s, r in values:  # SPEC 3, step by step
+    for x, y, s, r in values:  # docs/math.md 3, step by step
         grid = np.linspace(0, 1, 32)
         bx, by = grid[np.digitize(x, grid) - 1], grid[np.digitize(y, grid) - 1]
         sgrid = np.linspace(0.5, 1, 6)

@@ -1,4 +1,4 @@
-"""disentanglement_lib's other metrics (SPEC 7): SAP with SVMs, the BetaVAE score, modularity and
+"""disentanglement_lib's other metrics (docs/math.md 7): SAP with SVMs, the BetaVAE score, modularity and
 explicitness, the unsupervised scores. Known answers on representations built from the factors,
 and two independent implementations of the library's procedures, written here from the papers and
 the library's documentation (their own sampling, loops and bookkeeping), that our functions must

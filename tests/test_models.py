@@ -1,4 +1,4 @@
-"""Models' losses against direct computations from the SPEC formulas; prior sampling against scipy."""
+"""Models' losses against direct computations from the formulas of docs/math.md; prior sampling against scipy."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The original code's posterior floor, C = L L^T + EPS * I (SPEC 1; ``--posterior-jitter``): the factor,
+"""The original code's posterior floor, C = L L^T + EPS * I (docs/math.md 1; ``--posterior-jitter``): the factor,
 the op (fused and reference against the reference's literal form), the model, its ensembles and the
 option's checks. The Monte Carlo check is test_regularizer's, with a jitter."""
 

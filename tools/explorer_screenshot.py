@@ -1,4 +1,4 @@
-"""A screenshot of the explorer on the given runs (README's docs/explorer.png), with the system's Chromium.
+"""A screenshot of the explorer on the given runs (docs/explorer.png, in docs/explorer.md), with Chromium.
 
     python tools/explorer_screenshot.py RUN_DIR [RUN_DIR ...] --out docs/explorer.png [--image 3]
 """

@@ -1,5 +1,5 @@
 """Datasets: dSprites, the offline shapes2d, CorrelatedEllipses, 3DFaces, 3DChairs, CelebA and
-generic image folders / npz / HDF5 files, all as 64 x 64 images in [0, 1] (SPEC 3).
+generic image folders / npz / HDF5 files, all as 64 x 64 images in [0, 1] (docs/math.md 3).
 
 ``get_dataset(name, root=None, **options)`` is the one entry point; ``python -m chyvae_ext.data
 preview NAME --out grid.png`` draws samples.

@@ -1,4 +1,4 @@
-"""CorrelatedEllipses, the paper's dataset with correlated generative factors (SPEC 3).
+"""CorrelatedEllipses, the paper's dataset with correlated generative factors (docs/math.md 3).
 
 Factors (x, y, scale, rotation) are drawn jointly Gaussian with correlation 0.5 between x and y
 and between scale and rotation, clipped to [-1, 1] and mapped to [0, 1]; each is then snapped to

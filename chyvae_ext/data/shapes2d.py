@@ -1,6 +1,6 @@
 """shapes2d: an offline set with dSprites' factors and value grids, drawn with OpenCV.
 
-Same factors, sizes, values and index order as dSprites (SPEC 3): color (1), shape (square, ellipse, heart),
+Same factors, sizes, values and index order as dSprites (docs/math.md 3): color (1), shape (square, ellipse, heart),
 scale (6, linspace(0.5, 1)), orientation (40, linspace(0, 2 pi)), posX and posY (32 each,
 linspace(0, 1)). Images are binary 64 x 64, rendered on demand. Its pixels are NOT dSprites'
 pixels: the shapes' outlines, sizes and placement are this package's own choice, so scores on it

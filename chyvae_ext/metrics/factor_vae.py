@@ -1,4 +1,4 @@
-"""The disentanglement metric of Kim & Mnih (2018), as CHyVAE's paper uses it (SPEC 4).
+"""The disentanglement metric of Kim & Mnih (2018), as CHyVAE's paper uses it (docs/math.md 4).
 
 One vote: pick a factor k uniformly; draw L observations with factor k fixed and the others as
 the dataset draws them; encode them (posterior means); divide each latent dimension by its global

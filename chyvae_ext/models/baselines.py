@@ -1,4 +1,4 @@
-"""The other baselines of disentanglement_lib's study (SPEC 6): beta-TCVAE, DIP-VAE I/II and AnnealedVAE.
+"""The other baselines of disentanglement_lib's study (docs/math.md 6): beta-TCVAE, DIP-VAE I/II and AnnealedVAE.
 
 Each is a diagonal-Gaussian VAE on the same networks as beta-VAE (:class:`BetaVAE` gives them the
 posterior, the sample and the per-datapoint BCE and KL); each adds its own term to BCE + KL. Every

@@ -1,4 +1,4 @@
-"""The convolutional encoder and decoder shared by all models (SPEC 2; Kim & Mnih 2018, Higgins et al. 2017).
+"""The convolutional encoder and decoder shared by all models (docs/math.md 2; Kim & Mnih 2018, Higgins et al. 2017).
 
 Built with ``members=M``, the same networks hold M independent copies (an ensemble's members, see
 :mod:`chyvae_ext.models.ensemble`): every parameter gains a leading member dimension and keeps its

@@ -1,4 +1,4 @@
-"""beta-VAE, FactorVAE and CHyVAE (SPEC 1 and 2), with one loss interface.
+"""beta-VAE, FactorVAE and CHyVAE (docs/math.md 1 and 2), with one loss interface.
 
 ``model.loss(x, generator=...)`` returns a dict of scalar tensors: ``loss`` (what the optimiser
 minimises), ``recon`` (BCE summed over pixels, mean over the batch), ``neg_elbo`` (a true upper
@@ -292,7 +292,7 @@ class FactorVAE(BetaVAE):
 
 
 class CHyVAE(_Base):
-    """Full-covariance posterior N(mu, L L^T) under an inverse-Wishart hyperprior (SPEC 1).
+    """Full-covariance posterior N(mu, L L^T) under an inverse-Wishart hyperprior (docs/math.md 1).
 
     The encoder emits mu and a raw d x d matrix A; L = tril(A) with diagonal softplus(A_ii) + 1e-4.
     The decoder sees one sample; the regulariser's K samples are drawn independently of it.

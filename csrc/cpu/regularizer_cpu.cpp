@@ -27,7 +27,7 @@ namespace {
 // than it saves.
 int64_t grain_for(int64_t d, int64_t k) { return std::max<int64_t>(1, 65536 / (d * (d + 4 * k))); }
 
-// The fast path, with d fixed at compile time for d = 10 and 32 (SPEC 2's latent sizes) and at
+// The fast path, with d fixed at compile time for d = 10 and 32 (docs/math.md 2's latent sizes) and at
 // run time otherwise. With d fixed, the rows run as whole quads of columns whose lower-triangle
 // masks are constants (reg_*_point_iso1_quads: faster per datapoint than the scalar masked rows at
 // d = 10 and the run-time-d rows at d = 32; benchmarks/RESULTS.md). Without GCC's vector extension (CHY_QUAD), d = 10 uses the
