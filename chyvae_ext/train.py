@@ -42,7 +42,7 @@ import torch
 
 from . import build
 from .config import ENSEMBLE_SHARED, TrainConfig, check_config, check_ensemble, parse_args
-from .data.base import GroundTruthDataset
+from .data.base import GroundTruthDataset, StackedBatches
 from .distributed import Distributed, rank_seed
 from .looptools import Interrupted, NoWriter, StopRequested, flush_denormals, progress_bar, say, show_progress
 from .metrics import SharedEncodings, make_encoder, parse_metrics, score
@@ -228,11 +228,25 @@ class Trainer:
         return state
 
     def _batches(self):
-        """Each member's batch from its own data order: (N, ...) alone, stacked (M, N, ...) in an ensemble."""
+        """Each member's batch from its own data order: (N, ...) alone, stacked (M, N, ...) in an ensemble
+        (a materialised set: one shared store and one gather for every member, StackedBatches; the
+        batches are those the members' lone runs draw)."""
         if not self.stacked:
             yield from self.members[0].batches
+        if self.dataset.uint8_array() is None or self.dist.active:
+            while True:
+                yield torch.stack([next(m.batches) for m in self.members])
+        store = None
         while True:
-            yield torch.stack([next(m.batches) for m in self.members])
+            gens = [m.data_gen for m in self.members]
+            self.stacked_batches = StackedBatches(self.dataset, self.c.batch_size, gens, device=self.device,
+                                                  chunk=self.c.ckpt_every, store=store)
+            store = self.stacked_batches.store
+            while [m.data_gen for m in self.members] == gens:  # until a member leaves
+                yield next(self.stacked_batches)
+            self.stacked_batches.settle()
+
+    stacked_batches = None  # the ensemble's StackedBatches, settled before the generators are saved
 
     # ---- the phases ---------------------------------------------------------------------------------------------
     def step(self) -> None:
@@ -367,6 +381,8 @@ class Trainer:
         self._leave_if_non_finite()
         if not self.members:
             return
+        if self.stacked_batches is not None:
+            self.stacked_batches.settle()  # the data generators as the lone runs' per-step draws leave them
         ranks = self.dist.gather([m.generators() for m in self.members]) if self.dist.active else None
         for i, m in enumerate(self.members):
             state = self.member_state(i, ranks) if self.dist.is_main else {}

@@ -88,6 +88,65 @@ class ImageDataset(ABC):
             yield batch.to(device, non_blocking=True).float().div_(255.0)
 
 
+class StackedBatches:
+    """Endless (M, batch_size, C, 64, 64) float batches of a materialised set for M members, member i's
+    exactly those ``dataset.batches(batch_size, device=device, generator=generators[i])`` gives, from one
+    store on the device shared by every member, gathered by one indexing for all of them.
+
+    Each member's indices are drawn ``chunk`` steps at a time (one draw of chunk * batch_size: the same
+    numbers, and the same generator state after them, as chunk draws of batch_size) and copied to the
+    device once per chunk, not once per step. The generators run ahead within a chunk: :meth:`settle`
+    puts each back to the state per-step draws would have left it in (call it before saving them) and
+    makes the next batch start a new chunk from there, so that checkpoints and resumes stay exact.
+    """
+
+    def __init__(self, dataset: ImageDataset, batch_size: int, generators: list[torch.Generator], *,
+                 device: str | torch.device = "cpu", chunk: int = 256, store: torch.Tensor | None = None):
+        data = dataset.uint8_array()
+        if data is None:
+            raise ValueError(f"StackedBatches needs a materialised set (its images as an array), got {dataset.name}")
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.chunk = check_int("chunk", chunk, 1)
+        self.device = torch.device(device)
+        self.store = store if store is not None else _device_store(data, self.device)
+        self.generators = list(generators)
+        self._index: torch.Tensor | None = None  # (M, chunk, batch_size) on the store's device
+        self._starts: list[torch.Tensor] = []
+        self._pos = self._len = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self._pos == self._len:
+            self._draw()
+        index = self._index[:, self._pos]
+        self._pos += 1
+        batch = self.store[index]  # (M, batch_size, C, 64, 64) uint8: one gather for every member
+        return batch.to(self.device, non_blocking=True).float().div_(255.0)
+
+    def _draw(self) -> None:
+        n, size = self.store.shape[0], self.chunk * self.batch_size
+        self._starts = [g.get_state() for g in self.generators]
+        drawn = torch.stack([torch.randint(0, n, (size,), generator=g) for g in self.generators])
+        drawn = drawn.view(len(self.generators), self.chunk, self.batch_size)
+        if self.store.device.type == "cuda":
+            drawn = drawn.pin_memory().to(self.store.device, non_blocking=True)  # one copy a chunk, no wait
+        self._index, self._pos, self._len = drawn, 0, self.chunk
+
+    def settle(self) -> None:
+        """Each generator as per-step draws leave it after the batches given so far; the next batch draws
+        a new chunk from there."""
+        if self._index is None or self._pos == self._len:
+            return
+        n = self.store.shape[0]
+        for g, start in zip(self.generators, self._starts, strict=True):
+            g.set_state(start)
+            if self._pos:
+                torch.randint(0, n, (self._pos * self.batch_size,), generator=g)
+        self._index, self._pos, self._len = None, 0, 0
+
+
 def _device_store(data: np.ndarray, device: torch.device) -> torch.Tensor:
     host = torch.from_numpy(np.ascontiguousarray(data))
     if device.type == "cuda":
