@@ -409,14 +409,16 @@ class Trainer:
         if self.metric_names:
             say(self.bar, f"step {step}: evaluating {', '.join(self.metric_names)} ({self.c.metric_protocol} "
                           f"protocol{f', {len(self.members)} members from one encoding' if self.stacked else ''})...")
-            if self.stacked:
+            if self.stacked:  # one encoding and one rendering of the images for every member
                 shared = SharedEncodings(self.model, precision=self.c.precision)
                 encoders = [shared.encoder(i) for i in range(len(self.members))]
+                metric_set = shared.dataset(self.dataset)
             else:
                 encoders = [make_encoder(self.model, precision=self.c.precision)]
+                metric_set = self.dataset
             for m, row, encode in zip(self.members, rows, encoders, strict=True):
                 t0 = time.perf_counter()
-                summary, details = score(encode, self.dataset, self.metric_names, protocol=self.c.metric_protocol,
+                summary, details = score(encode, metric_set, self.metric_names, protocol=self.c.metric_protocol,
                                          seed=0)
                 row.update(summary, metric_seconds=time.perf_counter() - t0)
                 text = "  ".join(f"{k} {v:.3f}" for k, v in summary.items())

@@ -262,6 +262,36 @@ def test_evaluation_encodes_each_image_once_for_all_members_with_the_lone_scores
     assert calls == len(lone_calls)  # one ensemble pass per batch a lone evaluation encodes
 
 
+@pytest.mark.parametrize("metrics", [["factor_vae"], ["mig"]])
+def test_evaluation_through_the_lazy_view_renders_each_image_once_for_all_members_with_the_lone_scores(metrics):
+    from chyvae_ext.data import get_dataset
+
+    lones = lone_models("chyvae", torch.float32)
+    ens = stack_models(lones)
+    dataset = get_dataset("correlated_ellipses")
+    rendered = []
+    plain_pixels = type(dataset).pixels
+
+    class Counting(type(dataset)):
+        def pixels(self, factors):
+            rendered.append(len(factors))
+            return plain_pixels(self, factors)
+
+    counted = Counting()
+    shared = SharedEncodings(ens)
+    view = shared.dataset(counted)
+    got = [score(shared.encoder(i), view, metrics, seed=3)[0] for i in range(3)]
+    want = [score(make_encoder(m), dataset, metrics, seed=3)[0] for m in lones]
+    assert got == want  # each member's factors, votes and scores are its lone evaluation's
+    lone_rendered = []
+    lone_counted = Counting()
+    rendered_before = list(rendered)
+    rendered.clear()
+    score(make_encoder(lones[0]), lone_counted, metrics, seed=3)
+    lone_rendered, rendered[:] = list(rendered), rendered_before
+    assert sum(rendered) == sum(lone_rendered) == shared.rendered  # rendered once, not once per member
+
+
 def test_shared_encodings_encode_afresh_when_a_member_asks_for_other_images():
     ens = stack_models(lone_models("betavae", torch.float32))
     shared = SharedEncodings(ens)

@@ -15,6 +15,7 @@ import torch
 
 from ..data.base import GroundTruthDataset
 from .beta_vae import beta_vae_score
+from .common import LazyPixels, as_float_images
 from .dci import dci
 from .factor_vae import factor_vae_score
 from .information import mig, sap
@@ -91,16 +92,28 @@ class SharedEncodings:
             raise ValueError(f"SharedEncodings needs an ensemble (a model built with members=M), got a lone {name}")
         self.members = members
         self.passes = 0
+        self.rendered = 0  # images rendered for the lazy view (:meth:`dataset`)
         self._encode_all = make_encoder(model, precision=precision, chunk=chunk)
         self._calls: list[tuple[tuple, torch.Tensor, list]] = []  # (shape, projection, codes per member)
         self._next = [0] * members
         self._proj: torch.Tensor | None = None
+
+    @staticmethod
+    def _factor_print(x: LazyPixels) -> tuple[tuple, torch.Tensor]:
+        """Unrendered images are named by their factors (the images are a function of them)."""
+        return ("factors", *x.factors.shape), torch.from_numpy(np.ascontiguousarray(x.factors, dtype=np.int64))
 
     def _fingerprint(self, x: torch.Tensor) -> tuple[tuple, torch.Tensor]:
         flat = x.reshape(len(x), -1).float().cpu()
         if self._proj is None or len(self._proj) != flat.shape[1]:
             self._proj = torch.randn(flat.shape[1], generator=torch.Generator().manual_seed(0))
         return tuple(x.shape), flat @ self._proj
+
+    def dataset(self, dataset: GroundTruthDataset) -> GroundTruthDataset:
+        """``dataset`` as the members' evaluations should see it: the same factors and draws, but pixels that
+        stay unrendered (:class:`~chyvae_ext.metrics.common.LazyPixels`) until an encoder needs them, so the
+        images of one evaluation are rendered once for all the members, not once per member."""
+        return _LazyPixelsView(dataset)
 
     def encoder(self, m: int) -> Callable:
         """Member m's encode: images (n, C, 64, 64) to its posterior means, float32 (n, d) on the CPU."""
@@ -110,13 +123,17 @@ class SharedEncodings:
         def encode(x: torch.Tensor) -> torch.Tensor:
             k = self._next[m]
             self._next[m] += 1
-            shape, proj = self._fingerprint(x)
+            lazy = isinstance(x, LazyPixels)
+            shape, proj = self._factor_print(x) if lazy else self._fingerprint(x)
             if k < len(self._calls):
                 shape_k, proj_k, codes = self._calls[k]
                 if shape_k == shape and torch.equal(proj_k, proj) and codes[m] is not None:
                     mine, codes[m] = codes[m], None
                     return mine
             self.passes += 1
+            if lazy:
+                self.rendered += len(x)
+                x = as_float_images(x.render())
             codes = list(self._encode_all(x).unbind(0))
             mine = codes[m]
             if k == len(self._calls):
@@ -125,6 +142,31 @@ class SharedEncodings:
             return mine
 
         return encode
+
+
+class _LazyPixelsView(GroundTruthDataset):
+    """A ground-truth dataset whose ``pixels`` are :class:`LazyPixels` (see SharedEncodings.dataset); its
+    factors, their draws and everything else are the dataset's own."""
+
+    def __init__(self, inner: GroundTruthDataset):
+        self.inner = inner
+        self.name, self.channels, self.num_images = inner.name, inner.channels, inner.num_images
+        self.factor_names, self.factor_sizes = inner.factor_names, inner.factor_sizes
+
+    def random_images(self, n, rng):
+        return self.inner.random_images(n, rng)
+
+    def sample_factors(self, n, rng):
+        return self.inner.sample_factors(n, rng)
+
+    def sample_fixed_factor_classes(self, k, n, rng):
+        return self.inner.sample_fixed_factor_classes(k, n, rng)
+
+    def images(self, factors):
+        return self.inner.images(factors)
+
+    def pixels(self, factors) -> LazyPixels:
+        return LazyPixels(self.inner, np.asarray(factors))
 
 
 def score(
