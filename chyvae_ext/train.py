@@ -46,7 +46,7 @@ from .data.base import GroundTruthDataset, StackedBatches
 from .distributed import Distributed, rank_seed
 from .looptools import Interrupted, NoWriter, StopRequested, flush_denormals, progress_bar, say, show_progress
 from .metrics import SharedEncodings, make_encoder, parse_metrics, score
-from .metrics.suite import chance_note, pruned_note
+from .metrics.suite import chance_note, describe, pruned_note
 from .models.ensemble import LoneMembers, StackedMembers, stack_models
 from .plots import save_curves, save_model_pictures
 from .runfiles import ReadOnlyRun, Run, checkpoint_step_of, load_checkpoint, newest_common, read_metrics
@@ -407,8 +407,8 @@ class Trainer:
             for terms in build.member_held_out_terms(self.model, self.held_out, bf16=self.bf16)
         ]
         if self.metric_names:
-            say(self.bar, f"step {step}: evaluating {', '.join(self.metric_names)} ({self.c.metric_protocol} "
-                          f"protocol{f', {len(self.members)} members from one encoding' if self.stacked else ''})...")
+            together = f" for {len(self.members)} members from one encoding" if self.stacked else ""
+            say(self.bar, f"step {step}: evaluating {describe(self.metric_names, self.c.metric_protocol)}{together}...")
             if self.stacked:  # one encoding and one rendering of the images for every member
                 shared = SharedEncodings(self.model, precision=self.c.precision)
                 encoders = [shared.encoder(i) for i in range(len(self.members))]

@@ -65,7 +65,7 @@ def test_cli_writes_and_prints(run_dir, capsys):
     assert main([str(run_dir), "--metrics", "mig", "--no-pictures", "--precision", "bf16"]) == 0
     captured = capsys.readouterr()
     assert "mig" in captured.out and "eval.json" in captured.out
-    assert "mig: computing ..." in captured.err and "mig: mig " in captured.err  # progress on stderr
+    assert "mig (10,000 images): computing ..." in captured.err and "mig: mig " in captured.err  # on stderr
     saved = json.loads((run_dir / "eval.json").read_text())
     assert saved["precision"] == "bf16" and 0 <= saved["metrics"]["mig"] <= 1
 

@@ -24,7 +24,7 @@ def test_training_opens_with_what_it_trains_and_says_the_time_left_and_each_eval
     assert lines[0] == f"training chyvae on correlated_ellipses into {out}: cpu, fp32, to step 4"
     assert re.fullmatch(r"step 2/4  loss [\d.]+  recon [\d.]+  [\d.]+ steps/s, about \d+ s left", lines[1]), lines[1]
     assert re.fullmatch(r"step 4/4  loss [\d.]+  recon [\d.]+  [\d.]+ steps/s", lines[2]), lines[2]  # none left
-    assert lines[3] == "step 4: evaluating mig (chyvae protocol)..."
+    assert lines[3] == "step 4: evaluating mig (10,000 images)..."
     assert re.fullmatch(r"step 4: mig [\d.]+ \(chyvae protocol, \d+ s\)", lines[4]), lines[4]  # no chance for MIG
     assert main(["--resume", str(out), "--steps", "6", "--log-every", "2"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == (f"training chyvae on correlated_ellipses into {out}: cpu, "
@@ -40,7 +40,7 @@ def test_an_ensemble_opens_with_its_size_and_evaluates_from_one_encoding(tmp_pat
                  "--metrics", "mig"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"training an ensemble of 2 betavae runs on correlated_ellipses into {dirs[0]} (+1 more): cpu, fp32, to step 2"
-    assert "step 2: evaluating mig (chyvae protocol, 2 members from one encoding)..." in lines
+    assert "step 2: evaluating mig (10,000 images) for 2 members from one encoding..." in lines
 
 
 def test_duration_reads_in_seconds_minutes_or_hours():
@@ -57,7 +57,7 @@ def test_a_factor_vae_score_with_every_dimension_pruned_says_so():
 
     summary, details = score(constant, dataset, ["factor_vae"], protocol="kim_mnih", progress=lines.append)
     assert summary["factor_vae"] == 0.0 and details["factor_vae"]["active_dims"] == []
-    assert lines[0] == "factor_vae (kim_mnih protocol): computing ..."
+    assert lines[0] == "factor_vae (kim_mnih protocol, 970,000 images): computing ..."
     assert lines[1].startswith("factor_vae (kim_mnih protocol): factor_vae 0.0000  factor_vae_train 0.0000 (")
     assert lines[1].endswith("; every latent dimension pruned (standard deviation below 0.05), so the score is 0 "
                              "by definition")
@@ -117,3 +117,10 @@ def test_a_factor_vae_score_is_shown_beside_its_chance_level():
     assert chance_note({"factor_vae": 0.7}, get_dataset("shapes2d")) == "; chance 0.20"  # shape among 5 factors
     assert chance_note({"factor_vae": 0.7}, get_dataset("shapes2d", include_shape=False)) == "; chance 0.25"
     assert chance_note({"mig": 0.1}, get_dataset("shapes2d")) == ""
+
+
+def test_an_evaluation_is_described_by_its_metrics_protocol_and_images():
+    from chyvae_ext.metrics.suite import describe
+
+    assert describe(["factor_vae", "mig"], "chyvae") == "factor_vae (chyvae protocol, 325,000 images), mig (10,000 images)"
+    assert describe(["beta_vae", "dci"], "kim_mnih") == "beta_vae (1,920,000 images), dci (15,000 images)"

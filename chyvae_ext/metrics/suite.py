@@ -189,7 +189,7 @@ def score(
         t0 = time.perf_counter()
         label = f"{name} ({protocol} protocol)" if name == "factor_vae" else name
         if progress is not None:
-            progress(f"{label}: computing ...")
+            progress(f"{describe([name], protocol)}: computing ...")
         before = set(summary)
         if name == "factor_vae":
             out = factor_vae_score(encode, dataset, protocol=protocol, seed=seed)
@@ -223,6 +223,29 @@ def score(
             got = "  ".join(f"{k} {v:.4f}" for k, v in summary.items() if k not in before)
             progress(f"{label}: {got} ({details[name]['seconds']:.1f} s){pruned_note(details)}")
     return summary, details
+
+
+def images_scored(name: str, protocol: str = "chyvae") -> int | None:
+    """How many images metric ``name`` renders and encodes at its default constants (None where that is
+    not a fixed count)."""
+    from .factor_vae import PROTOCOLS
+
+    if name == "factor_vae":
+        p = PROTOCOLS[protocol]
+        return p.std_images + (p.train_votes + p.eval_votes) * p.votes_per_sample
+    return {"mig": 10_000, "sap": 15_000, "dci": 15_000, "beta_vae": 1_920_000, "modularity_explicitness": 15_000,
+            "unsupervised": 10_000}.get(name)
+
+
+def describe(names: list[str], protocol: str) -> str:
+    """"factor_vae (chyvae protocol, 325,000 images), mig (10,000 images)": what an evaluation computes."""
+    parts = []
+    for name in names:
+        n = images_scored(name, protocol)
+        what = [f"{protocol} protocol"] if name == "factor_vae" else []
+        what += [f"{n:,} images"] if n else []
+        parts.append(f"{name} ({', '.join(what)})" if what else name)
+    return ", ".join(parts)
 
 
 def chance_note(summary: dict, dataset: GroundTruthDataset) -> str:
