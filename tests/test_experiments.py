@@ -121,27 +121,30 @@ def test_a_failing_run_is_reported_and_the_rest_go_on(tmp_path, capsys):
     assert status["failed"] == [bad] and status["finished"] == [good]
 
 
-def test_interrupt_then_rerun_finishes(tmp_path):
+def sweep_interrupted_in_its_first_run(tmp_path, betas):
+    """A long sweep of beta-VAE runs (one at a time) stopped by SIGINT once its first run has logged; the
+    first run's metrics path."""
     path = write_grid(
         tmp_path / "g.yaml",
         jobs=1,
         seeds=[0],
         common=dict(COMMON, steps=100000, ckpt_every=1000, eval_every=100000),
-        runs=[{"model": "betavae", "beta": [1]}],
+        runs=[{"model": "betavae", "beta": betas}],
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chyvae_ext.experiments", "sweep", "--grid", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    metrics = tmp_path / "runs" / "betavae-beta1-seed0" / "metrics.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "chyvae_ext.experiments", "sweep", "--grid", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / f"betavae-beta{betas[0]}-seed0" / "metrics.jsonl"
     deadline = time.time() + 120
     while not metrics.exists() and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
+    return metrics
+
+
+def test_interrupt_then_rerun_finishes(tmp_path):
+    metrics = sweep_interrupted_in_its_first_run(tmp_path, [1])
     status = json.loads((metrics.parent / "status.json").read_text())
     assert status["state"] == "interrupted"
     assert json.loads((tmp_path / "runs" / "sweep_status.json").read_text())["interrupted"] == ["betavae-beta1-seed0"]
@@ -153,22 +156,7 @@ def test_interrupt_then_rerun_finishes(tmp_path):
 
 
 def test_interrupted_sweep_keeps_its_unstarted_runs_pending(tmp_path):
-    path = write_grid(
-        tmp_path / "g.yaml",
-        jobs=1,
-        seeds=[0],
-        common=dict(COMMON, steps=100000, ckpt_every=1000, eval_every=100000),
-        runs=[{"model": "betavae", "beta": [1, 2]}],
-    )
-    proc = subprocess.Popen([sys.executable, "-m", "chyvae_ext.experiments", "sweep", "--grid", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = tmp_path / "runs" / "betavae-beta1-seed0" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while not metrics.exists() and time.time() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out + err
+    sweep_interrupted_in_its_first_run(tmp_path, [1, 2])
     status = json.loads((tmp_path / "runs" / "sweep_status.json").read_text())
     assert status["interrupted"] == ["betavae-beta1-seed0"] and status["pending"] == ["betavae-beta2-seed0"]
     assert status["running"] == [] and status["finished"] == []
