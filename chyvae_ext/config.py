@@ -18,6 +18,7 @@ import torch
 
 from . import runfiles
 from ._checks import ArgumentParser, check_int, check_non_negative
+from ._memory import device_memory
 from .metrics import METRICS, PROTOCOLS, parse_metrics
 from .models.networks import INITS
 from .models.registry import MODEL_KINDS
@@ -239,20 +240,6 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 STEP_BYTES_PER_PIXEL = 190  # a training step's peak memory per image pixel (fp32 CHyVAE, hidden 128, 64x64 gray:
 # 0.77 MB an image, measured from the process's peak RSS at batch 50 and 1050)
 RGB_DATASETS = ("3dchairs", "celeba")  # 3-channel images; the generic sets (folder, npz, hdf5) are counted as gray
-
-
-def device_memory(device: str) -> int | None:
-    """The bytes of memory on ``device``: the machine's RAM for the CPU, the GPU's own for CUDA; None
-    where that cannot be read."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            return None
-        return torch.cuda.get_device_properties(dev.index or 0).total_memory
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _gib(n: float) -> str:

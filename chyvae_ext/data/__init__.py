@@ -16,6 +16,7 @@ from .correlated_ellipses import CorrelatedEllipses, load_published
 from .dsprites import DSprites
 from .files import load_folder_images, load_hdf5_images, load_npz_images
 from .shapes2d import Shapes2D
+from .table import PixelTable
 
 __all__ = [
     "DATASETS",
@@ -25,6 +26,7 @@ __all__ = [
     "GroundTruthDataset",
     "ImageDataset",
     "MaterialisedImages",
+    "PixelTable",
     "Shapes2D",
     "get_dataset",
 ]
