@@ -508,9 +508,11 @@ def _member_options(run_dir: Path, resume: bool) -> dict:
     if not (run_dir / name).is_file():
         what = "a run directory to resume" if resume else "the run's options (the sweep writes them)"
         raise ValueError(f"--ensemble {run_dir}: no {name} there ({what})")
-    options = (run_options(run_dir, what="--ensemble") if resume
-               else runfiles.read_sweep_options(run_dir, what="--ensemble"))
-    check_option_names(options, f"--ensemble {run_dir / name}")
+    if resume:
+        options = run_options(run_dir, what="--ensemble")
+    else:
+        options = runfiles.read_sweep_options(run_dir, what="--ensemble")
+        check_option_names(options, f"--ensemble {run_dir / name}")
     options = read_numbers(options, f"--ensemble {run_dir / name}")
     options.pop("out", None)
     return options

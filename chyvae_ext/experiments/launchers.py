@@ -172,10 +172,7 @@ class Job:
             return {self.names[0]: by_rc}
         out = {}
         for name in self.names:
-            try:
-                state = runfiles.read_status(self.out / name).get("state")
-            except (OSError, json.JSONDecodeError):
-                state = None
+            state = runfiles.read_status(self.out / name).get("state")  # None where missing or damaged
             out[name] = state if state in ("finished", "failed", "interrupted") else by_rc
         return out
 

@@ -33,7 +33,9 @@ from ..build import initial_model, open_dataset
 from ..config import TrainConfig
 from ..data.base import GroundTruthDataset
 from ..metrics import make_encoder, score
-from ..runfiles import SCORES, Run, checkpoint_step_of, read_metrics
+from ..metrics.common import as_float_images
+from ..metrics.suite import images_scored
+from ..runfiles import SCORES, Run, checkpoint_step_of, read_config, read_metrics
 from .collect import mean_std
 
 PROTOCOL_NAMES = ("chyvae", "kim_mnih")
@@ -90,13 +92,23 @@ def score_encoder(model: torch.nn.Module, dataset: GroundTruthDataset, *, precis
 
 def images_encoded(key: str) -> int:
     """How many images the score ``key`` (a SCORE_KEYS name, any metric seed) renders and encodes."""
-    from ..metrics.factor_vae import PROTOCOLS
-
     base = next(k for k in SCORE_KEYS if key == k or key.startswith(k + "_s"))
     if base == "mig_scored":
-        return 10_000  # mig's num_train
-    p = PROTOCOLS[base.removeprefix("factor_vae_")]
-    return p.std_images + (p.train_votes + p.eval_votes) * p.votes_per_sample
+        return images_scored("mig")
+    return images_scored("factor_vae", base.removeprefix("factor_vae_"))
+
+
+def logged_scores(run_dir: Path, step: int, protocol: str) -> dict:
+    """The scores training logged in its evaluation of ``step`` that collect reuses: its factor_vae (under
+    the run's ``protocol``) and its MIG, under collect's names."""
+    known = {}
+    for row in read_metrics(run_dir):
+        if row.get("kind") == "eval" and row.get("step") == step:
+            if "factor_vae" in row:
+                known[f"factor_vae_{protocol}"] = row["factor_vae"]
+            if "mig" in row:
+                known["mig_scored"] = row["mig"]
+    return known
 
 
 def missing_scores(run_dir: Path, *, step: int | None = None, metric_seeds: tuple[int, ...] = (0,)) -> list[str]:
@@ -106,15 +118,11 @@ def missing_scores(run_dir: Path, *, step: int | None = None, metric_seeds: tupl
     if ckpt is None:
         return []
     step = checkpoint_step_of(ckpt)
-    known = set(_read_json(run_dir / SCORES).get(str(step), {}))
     try:
-        protocol = json.loads((run_dir / "config.json").read_text()).get("metric_protocol", "chyvae")
-    except (OSError, ValueError):
+        protocol = read_config(run_dir).get("metric_protocol", "chyvae")
+    except ValueError:
         protocol = "chyvae"
-    for row in read_metrics(run_dir):
-        if row.get("kind") == "eval" and row.get("step") == step:
-            known |= {f"factor_vae_{protocol}"} if "factor_vae" in row else set()
-            known |= {"mig_scored"} if "mig" in row else set()
+    known = set(_read_json(run_dir / SCORES).get(str(step), {})) | set(logged_scores(run_dir, step, protocol))
     return [k for k in _wanted(metric_seeds) if k not in known]
 
 
@@ -125,7 +133,7 @@ def missing_untrained(configs: list[TrainConfig], cache_path: Path, metric_seeds
         dataset = _dataset(config)
         if dataset is None:
             continue
-        key = f"{config.dataset}|{_encoder_hash(initial_model(config, dataset.channels))}"
+        key = _floor_key(config, initial_model(config, dataset.channels))
         if key not in seen:
             seen.add(key)
             out += [k for k in _wanted(metric_seeds) if k not in cache.get(key, {})]
@@ -143,7 +151,7 @@ def images_per_second(config: TrainConfig, n: int = 2000) -> float:
     encode = make_encoder(initial_model(config, dataset.channels).eval(), precision=config.resolved().precision)
     factors = dataset.sample_factors(n, np.random.default_rng(0))
     t0 = time.perf_counter()
-    encode(torch.from_numpy(dataset.pixels(factors)).float().div_(255))
+    encode(as_float_images(dataset.pixels(factors)))
     return n / (time.perf_counter() - t0)
 
 
@@ -188,13 +196,7 @@ def score_run(
     dataset = _dataset(config)
     if dataset is None:
         return {}
-    known = dict(cached)
-    for row in read_metrics(run_dir):
-        if row.get("kind") == "eval" and row.get("step") == step:
-            if "factor_vae" in row:
-                known[f"factor_vae_{config.metric_protocol}"] = row["factor_vae"]
-            if "mig" in row:
-                known["mig_scored"] = row["mig"]
+    known = dict(cached) | logged_scores(run_dir, step, config.metric_protocol)
     if progress is not None:
         progress(f"scoring {run_dir.name} at step {step}")
     got = score_encoder(model, dataset, precision=config.resolved().precision, known=known, progress=progress,
@@ -202,6 +204,11 @@ def score_run(
     cache[str(step)] = got
     _write_json(cache_path, cache)
     return {"scored_step": step} | with_seed_means(got, metric_seeds)
+
+
+def _floor_key(config: TrainConfig, model: torch.nn.Module) -> str:
+    """The floor cache's key of an initial model: its dataset and its encoder's hash."""
+    return f"{config.dataset}|{_encoder_hash(model)}"
 
 
 def _encoder_hash(model: torch.nn.Module) -> str:
@@ -224,7 +231,7 @@ def untrained_rows(configs: list[TrainConfig], cache_path: Path, *, compute: boo
         if dataset is None:
             continue
         model = initial_model(config, dataset.channels)
-        key = f"{config.dataset}|{_encoder_hash(model)}"
+        key = _floor_key(config, model)
         if key in rows:
             if config.model not in rows[key]["runs_like"].split():
                 rows[key]["runs_like"] += f" {config.model}"
